@@ -1,0 +1,477 @@
+"""The master: forks the workers, watches them, and acts on signals.
+
+One loop, one place for decisions::
+
+    wait (selector: wakeup pipe, worker notices, worker pidfds; at most one tick)
+    -> act on queued signals (a {signal: method} table)
+    -> read worker notices (ready, boot failure, recycle request)
+    -> reap exited workers
+    -> retire stuck workers, kill those past their grace
+    -> start or stop workers to match the target
+
+The master never runs application code and never touches a client socket: the
+workers accept on the inherited listeners and the kernel balances them.
+
+Generations: every worker carries the generation it was forked for.  ``HUP``
+starts a new generation; a worker of an older generation, or one that asked to
+be recycled, is *stale*.  Stale workers are stopped gracefully only as fresh
+ones report ready, so capacity never dips during a reload.  ``rolling_reload``
+(and recycling after ``max_requests``) replaces one worker at a time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import logging
+import os
+import selectors
+import signal
+import sys
+import time
+from typing import Any
+
+from prefork.children import ChildProcesses, ExitedChild, fork_child
+from prefork.logs import reopen_log_files
+from prefork.proctitle import set_title
+from prefork.scoreboard import Scoreboard, WorkerState
+from prefork.signals import SignalQueue, reset_signal_handlers
+from prefork.wakeup import Waker
+from prefork.worker import DUMP_SIGNAL, ExitCode, Worker, WorkerProcess
+
+logger = logging.getLogger(__name__)
+
+#: The signals the master acts on.
+MASTER_SIGNALS = (
+    signal.SIGHUP,
+    signal.SIGTERM,
+    signal.SIGINT,
+    signal.SIGQUIT,
+    signal.SIGTTIN,
+    signal.SIGTTOU,
+    signal.SIGUSR1,
+    signal.SIGWINCH,
+    signal.SIGCHLD,
+)
+
+#: Signals a worker starts with their default disposition (it installs its own).
+_WORKER_RESET_SIGNALS = (
+    signal.SIGHUP,
+    signal.SIGTERM,
+    signal.SIGINT,
+    signal.SIGQUIT,
+    signal.SIGUSR1,
+    signal.SIGUSR2,
+    signal.SIGWINCH,
+    signal.SIGCHLD,
+)
+
+#: Seconds between the stack-dump signal and SIGKILL for a worker past its grace.
+_DUMP_GRACE = 0.3
+#: Longest wait between respawns of a worker that keeps failing to boot.
+_MAX_BACKOFF = 5.0
+
+
+class BootError(RuntimeError):
+    """Workers failed to boot too many times in a row; the master gave up."""
+
+
+class Phase(enum.Enum):
+    """Where the master is in its life."""
+
+    RUNNING = "running"
+    STOPPING_GRACEFULLY = "stopping gracefully"
+    STOPPING_FAST = "stopping fast"
+
+
+class Master:
+    """Supervises the worker processes of one :class:`~prefork.engine.PreforkMixIn` server."""
+
+    def __init__(self, server: Any) -> None:
+        self.server = server
+        self.target = server.configured_workers()
+        self.generation = 1
+        self.workers: dict[int, WorkerProcess] = {}
+        self.children = ChildProcesses()
+        self.scoreboard = Scoreboard(max(64, 4 * self.target + 8))
+        self.phase = Phase.RUNNING
+        self.stop_deadline = 0.0
+        self.boot_failures = 0
+        self.last_boot_failure = ""
+        self.next_spawn_at = 0.0
+        self.stop_requested = False
+        self.waker = Waker()
+        self.selector = selectors.DefaultSelector()
+        self._notify_read, self._notify_write = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+        # Workers hold the read end; it reads EOF once the master is gone.
+        self._alive_read, self._alive_write = os.pipe2(os.O_CLOEXEC)
+        self._notice_buffer = b""
+        self._pidfds: dict[int, int] = {}
+        self.signal_actions = {
+            signal.SIGHUP: self.reload,
+            signal.SIGTERM: self.stop_gracefully,
+            signal.SIGINT: self.stop_fast,
+            signal.SIGQUIT: self.stop_fast,
+            signal.SIGTTIN: self.add_worker,
+            signal.SIGTTOU: self.remove_worker,
+            signal.SIGUSR1: self.reopen_logs,
+            signal.SIGWINCH: self.stop_all_workers,
+            signal.SIGCHLD: lambda: None,  # it only wakes the loop; reaping follows
+        }
+
+    # -- the loop ---------------------------------------------------------------------------
+
+    def run(self, poll_interval: float) -> None:
+        """Supervise until every worker is gone after a stop; raise BootError on a crash loop."""
+        set_title("master", self.server.proc_name)
+        self.selector.register(self.waker, selectors.EVENT_READ, "waker")
+        self.selector.register(self._notify_read, selectors.EVENT_READ, "notice")
+        with SignalQueue(MASTER_SIGNALS, self.waker) as self.signals:
+            self.server.when_ready()
+            logger.info(
+                "master %d: serving %s with %d worker(s) x %d thread(s)",
+                os.getpid(),
+                self.server.server_address,
+                self.target,
+                self.server.threads,
+            )
+            self.maintain_worker_count()
+            while self.phase is Phase.RUNNING or self.workers:
+                self.selector.select(self._select_timeout(poll_interval))
+                self.waker.drain()
+                self.turn()
+        if self.boot_failures >= self.server.max_boot_failures:
+            raise BootError(
+                f"workers failed to boot {self.boot_failures} times in a row"
+                f" (last: {self.last_boot_failure})"
+            )
+
+    def turn(self) -> None:
+        """One turn of the loop: signals, notices, reaping, timeouts, worker count."""
+        for sig in self.signals.pop_all():
+            logger.info("master: received %s", sig.name)
+            self.signal_actions[sig]()
+        if self.stop_requested and self.phase is Phase.RUNNING:
+            self.stop_gracefully()
+        self.read_notices()
+        self.reap_workers()
+        now = time.monotonic()
+        self.kill_unresponsive_workers(now)
+        if self.phase is Phase.RUNNING:
+            self.maintain_worker_count()
+        else:
+            self.finish_stopping(now)
+
+    def _select_timeout(self, poll_interval: float) -> float:
+        timeout = poll_interval
+        now = time.monotonic()
+        if self.next_spawn_at > now:
+            timeout = min(timeout, self.next_spawn_at - now)
+        worker_timeout = float(self.server.worker_timeout)
+        timeout = min(timeout, max(0.05, worker_timeout / 4))
+        deadlines = [w.stop_deadline for w in self.workers.values() if w.stop_deadline]
+        if self.phase is Phase.STOPPING_FAST:
+            deadlines.append(self.stop_deadline)
+        for deadline in deadlines:
+            timeout = min(timeout, max(0.01, deadline - now))
+        return max(0.0, timeout)
+
+    def request_stop(self) -> None:
+        """Ask the loop, from any thread, to stop gracefully (``shutdown()``)."""
+        self.stop_requested = True
+        self.waker.wake()
+
+    # -- signal actions ---------------------------------------------------------------------
+
+    def reload(self) -> None:
+        """``HUP``: start a new generation; the old one stops as the new one gets ready."""
+        if self.phase is not Phase.RUNNING:
+            return
+        self.generation += 1
+        self.target = self.server.configured_workers()
+        self.boot_failures = 0
+        self.next_spawn_at = 0.0
+        logger.info("master: reloading, generation %d", self.generation)
+        self.server.on_reload()
+
+    def stop_gracefully(self) -> None:
+        """``TERM``: workers finish in-flight requests and the backlog, then exit."""
+        if self.phase is Phase.RUNNING:
+            self.phase = Phase.STOPPING_GRACEFULLY
+            self.stop_deadline = time.monotonic() + float(self.server.graceful_timeout)
+            for worker in list(self.workers.values()):
+                self.retire(worker, "shutting down")
+
+    def stop_fast(self) -> None:
+        """``INT``/``QUIT``: workers exit at once."""
+        if self.phase is not Phase.STOPPING_FAST:
+            self.phase = Phase.STOPPING_FAST
+            self.stop_deadline = time.monotonic() + min(float(self.server.graceful_timeout), 1.0)
+            for worker in self.workers.values():
+                self._signal(worker, signal.SIGQUIT)
+
+    def add_worker(self) -> None:
+        """``TTIN``: one worker more."""
+        self.target += 1
+        logger.info("master: workers %d", self.target)
+
+    def remove_worker(self) -> None:
+        """``TTOU``: one worker fewer (at least one stays)."""
+        self.target = max(1, self.target - 1)
+        logger.info("master: workers %d", self.target)
+
+    def reopen_logs(self) -> None:
+        """``USR1``: reopen the master's log files and tell the workers to do the same."""
+        reopen_log_files()
+        for worker in self.workers.values():
+            self._signal(worker, signal.SIGUSR1)
+
+    def stop_all_workers(self) -> None:
+        """``WINCH``: stop every worker gracefully but keep the master (not on a terminal)."""
+        if any(stream.isatty() for stream in (sys.stdin, sys.stdout, sys.stderr) if stream):
+            logger.info("master: SIGWINCH ignored (attached to a terminal)")
+            return
+        self.target = 0
+
+    # -- worker notices ---------------------------------------------------------------------
+
+    def read_notices(self) -> None:
+        """Read the one-line notices workers write: ready, boot failure, recycle."""
+        with contextlib.suppress(BlockingIOError):
+            while chunk := os.read(self._notify_read, 65536):
+                self._notice_buffer += chunk
+        *lines, self._notice_buffer = self._notice_buffer.split(b"\n")
+        for line in lines:
+            kind, _, rest = line.decode("utf-8", "replace").partition(" ")
+            index_text, _, detail = rest.partition(" ")
+            worker = self._worker_at(int(index_text)) if index_text.isdigit() else None
+            if worker is None:
+                continue
+            if kind == "R":
+                worker.ready = True
+                self.boot_failures = 0
+                logger.info("master: %r ready", worker)
+            elif kind == "F":
+                self.last_boot_failure = detail
+            elif kind == "C":
+                worker.recycle = True
+                logger.info("master: %r served max_requests; replacing it", worker)
+
+    def _worker_at(self, index: int) -> WorkerProcess | None:
+        for worker in self.workers.values():
+            if worker.index == index:
+                return worker
+        return None
+
+    # -- spawning and reaping ---------------------------------------------------------------
+
+    def spawn_worker(self) -> WorkerProcess:
+        """Fork a worker of the current generation."""
+        index = self.scoreboard.free_slot()
+        self.scoreboard.claim(index, 0, self.generation)
+        worker = WorkerProcess(index, self.generation)
+        self.server.pre_fork(worker)
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, MASTER_SIGNALS)
+        try:
+            worker.pid = fork_child(lambda: self._worker_main(worker, blocked))
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+        self.scoreboard.set_pid(index, worker.pid)
+        self.workers[worker.pid] = worker
+        self.children.add(worker.pid)
+        self._watch_exit(worker.pid)
+        logger.debug("master: spawned %r", worker)
+        return worker
+
+    def _worker_main(self, worker: WorkerProcess, blocked: Any) -> int:
+        """The first code a new worker runs (in the child)."""
+        reset_signal_handlers(_WORKER_RESET_SIGNALS)
+        signal.signal(signal.SIGTTIN, signal.SIG_IGN)
+        signal.signal(signal.SIGTTOU, signal.SIG_IGN)
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+        self._close_master_resources()
+        worker.pid = os.getpid()
+        set_title("worker", self.server.proc_name)
+        self.server._prefork_worker = runner = Worker(
+            self.server,
+            worker,
+            self.scoreboard.slot(worker.index),
+            master_alive_fd=self._alive_read,
+            notify_fd=self._notify_write,
+        )
+        try:
+            return runner.run()
+        except BaseException:
+            logger.exception("worker %d crashed", worker.index)
+            return ExitCode.BOOT_ERROR if not worker.ready else 1
+
+    def _close_master_resources(self) -> None:
+        """In a new worker: drop what only the master uses."""
+        self.selector.close()
+        self.waker.close()
+        for fd in [self._notify_read, self._alive_write, *self._pidfds.values()]:
+            os.close(fd)
+        self._pidfds.clear()
+
+    def _watch_exit(self, pid: int) -> None:
+        """Wake the loop when ``pid`` exits, even without SIGCHLD (a master in a thread)."""
+        try:
+            fd = os.pidfd_open(pid)
+        except (AttributeError, OSError):
+            return  # no pidfds here: the loop's tick and SIGCHLD (main thread) do it
+        self._pidfds[pid] = fd
+        self.selector.register(fd, selectors.EVENT_READ, "exit")
+
+    def _unwatch_exit(self, pid: int) -> None:
+        fd = self._pidfds.pop(pid, None)
+        if fd is not None:
+            self.selector.unregister(fd)
+            os.close(fd)
+
+    def reap_workers(self) -> None:
+        """Reap exited workers (non-blocking, by pid), log how they ended, free their slots."""
+        for exited in self.children.reap():
+            self._unwatch_exit(exited.pid)
+            worker = self.workers.pop(exited.pid, None)
+            if worker is None:
+                continue
+            self.scoreboard.release(worker.index)
+            self._log_exit(worker, exited)
+            if not worker.ready and not worker.retiring:
+                self._boot_failed(worker, exited)
+
+    def _log_exit(self, worker: WorkerProcess, exited: ExitedChild) -> None:
+        expected = worker.retiring or self.phase is not Phase.RUNNING
+        level = logging.INFO if expected and exited.exitcode == 0 else logging.WARNING
+        logger.log(level, "master: %r exited: %s", worker, exited.describe())
+
+    def _boot_failed(self, worker: WorkerProcess, exited: ExitedChild) -> None:
+        self.boot_failures += 1
+        if not self.last_boot_failure:
+            self.last_boot_failure = exited.describe()
+        limit = int(self.server.max_boot_failures)
+        if self.boot_failures >= limit:
+            logger.error(
+                "master: workers failed to boot %d times in a row (last: %s); giving up",
+                self.boot_failures,
+                self.last_boot_failure,
+            )
+            self.stop_fast()
+            return
+        backoff = min(_MAX_BACKOFF, 0.1 * 2 ** (self.boot_failures - 1))
+        self.next_spawn_at = time.monotonic() + backoff
+        logger.warning(
+            "master: %r failed to boot (%s); retrying in %.1fs",
+            worker,
+            self.last_boot_failure or exited.describe(),
+            backoff,
+        )
+
+    # -- timeouts ---------------------------------------------------------------------------
+
+    def kill_unresponsive_workers(self, now: float) -> None:
+        """Retire stuck workers; dump and kill workers past their graceful deadline."""
+        timeout = float(self.server.worker_timeout)
+        for worker in list(self.workers.values()):
+            if worker.killed:
+                continue
+            if worker.retiring:
+                self._enforce_deadline(worker, now)
+                continue
+            slot = self.scoreboard.read(worker.index)
+            if not worker.ready:
+                if now - worker.spawned_at > timeout:
+                    self.retire(worker, f"did not boot within {timeout:g}s", stuck=True)
+            elif now - slot.heartbeat > timeout:
+                self.retire(worker, f"no heartbeat for {now - slot.heartbeat:.1f}s", stuck=True)
+            elif slot.longest_request(now) > timeout:
+                longest = slot.longest_request(now)
+                self.retire(worker, f"a request has run for {longest:.1f}s", stuck=True)
+            elif slot.state is WorkerState.RECYCLE:
+                worker.recycle = True
+
+    def _enforce_deadline(self, worker: WorkerProcess, now: float) -> None:
+        if worker.stop_deadline is None or now < worker.stop_deadline:
+            return
+        if worker.dump_sent_at is None:
+            logger.error("master: %r did not stop in time; dumping its stacks", worker)
+            self._signal(worker, DUMP_SIGNAL)
+            worker.dump_sent_at = now
+            worker.stop_deadline = now + _DUMP_GRACE
+        else:
+            logger.error("master: killing %r", worker)
+            self._signal(worker, signal.SIGKILL)
+            worker.killed = True
+
+    def retire(self, worker: WorkerProcess, reason: str) -> None:
+        """Stop ``worker`` gracefully: it stops accepting and gets ``graceful_timeout``."""
+        if worker.retiring:
+            return
+        level = (
+            logging.INFO if reason in ("shutting down", "stale", "scaling down") else logging.ERROR
+        )
+        logger.log(level, "master: retiring %r: %s", worker, reason)
+        worker.retiring = True
+        worker.stop_deadline = time.monotonic() + float(self.server.graceful_timeout)
+        self._signal(worker, signal.SIGTERM)
+
+    def _signal(self, worker: WorkerProcess, sig: signal.Signals) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(worker.pid, sig)
+
+    # -- worker count -----------------------------------------------------------------------
+
+    def maintain_worker_count(self) -> None:
+        """Spawn and retire workers so that ``target`` fresh ones serve."""
+        serving = [w for w in self.workers.values() if not w.retiring]
+        fresh = [w for w in serving if w.generation == self.generation and not w.recycle]
+        stale = sorted(
+            (w for w in serving if w.generation != self.generation or w.recycle),
+            key=lambda w: (w.generation, w.spawned_at),
+        )
+        ready = [w for w in fresh if w.ready]
+        for worker in stale[: max(0, len(ready) + len(stale) - self.target)]:
+            self.retire(worker, "stale")
+        surplus = sorted(fresh, key=lambda w: w.spawned_at)[: max(0, len(fresh) - self.target)]
+        for worker in surplus:
+            self.retire(worker, "scaling down")
+        missing = self.target - len(fresh)
+        if missing <= 0 or time.monotonic() < self.next_spawn_at:
+            return
+        booting = len(fresh) - len(ready)
+        one_at_a_time = bool(stale) and (
+            self.server.rolling_reload or all(w.generation == self.generation for w in stale)
+        )
+        if one_at_a_time:
+            missing = 0 if booting else 1
+        for _ in range(missing):
+            self.spawn_worker()
+
+    def finish_stopping(self, now: float) -> None:
+        """Fast stop: kill what is left once the short grace is over.
+
+        A graceful stop needs nothing here: each worker was retired with its
+        own deadline, which :meth:`kill_unresponsive_workers` enforces.
+        """
+        if self.phase is not Phase.STOPPING_FAST or now < self.stop_deadline:
+            return
+        for worker in self.workers.values():
+            if not worker.killed:
+                self._signal(worker, signal.SIGKILL)
+                worker.killed = True
+
+    def close(self) -> None:
+        """Kill and reap any worker left, and release the master's resources (idempotent)."""
+        for worker in self.workers.values():
+            self._signal(worker, signal.SIGKILL)
+        self.children.reap(blocking=True)
+        self.workers.clear()
+        for pid in list(self._pidfds):
+            self._unwatch_exit(pid)
+        if self._notify_read >= 0:
+            self.selector.close()
+            self.waker.close()
+            for fd in (self._notify_read, self._notify_write, self._alive_read, self._alive_write):
+                os.close(fd)
+            self._notify_read = self._notify_write = self._alive_read = self._alive_write = -1
+            self.scoreboard.close()

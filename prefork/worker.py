@@ -1,0 +1,373 @@
+"""A worker process: the user's server as a threaded sub-server on inherited sockets.
+
+The worker's main thread runs one selector loop; a :class:`~prefork.threads.ThreadPool`
+of ``threads`` threads handles the requests.  The loop:
+
+* accepts (or receives) only while a thread is idle, so excess connections
+  wait in the kernel backlog for whichever worker is free (backpressure);
+* parks idle HTTP keep-alive connections in the selector
+  (:mod:`prefork.keepalive`);
+* writes its heartbeat, load and the start of its oldest request into its
+  scoreboard slot every turn;
+* stops gracefully on ``SIGTERM`` (stop accepting, serve what is already in
+  the listen backlog and in flight, within ``graceful_timeout``), at once on
+  ``SIGINT``/``SIGQUIT`` or when the master dies (EOF on a pipe);
+* after ``max_requests`` asks the master to replace it, and keeps serving
+  until its replacement is ready and the master stops it.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import enum
+import errno
+import faulthandler
+import logging
+import os
+import selectors
+import signal
+import socket
+import sys
+import time
+from typing import Any
+
+from prefork.keepalive import HTTPConnection, Outcome, drives_http_connections
+from prefork.scoreboard import WorkerSlot, WorkerState
+from prefork.signals import SignalQueue
+from prefork.threads import ThreadPool
+from prefork.wakeup import Waker
+
+logger = logging.getLogger(__name__)
+
+#: The signal that makes a worker write every thread's stack to stderr and die.
+DUMP_SIGNAL = signal.SIGABRT
+
+#: Seconds a stopping worker keeps an idle keep-alive connection open for a last request.
+_DRAIN_IDLE_GRACE = 1.0
+
+_ACCEPT_ERRORS_TO_BACK_OFF = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
+
+
+class ExitCode(enum.IntEnum):
+    """How a worker process ends."""
+
+    OK = 0
+    BOOT_ERROR = 3
+    MASTER_GONE = 4
+
+
+class Stop(enum.Enum):
+    """Why the worker's loop is ending."""
+
+    GRACEFUL = "graceful"
+    FAST = "fast"
+
+
+class WorkerProcess:
+    """What the master knows of one worker (and what hooks receive as ``worker``)."""
+
+    def __init__(self, index: int, generation: int) -> None:
+        self.index = index
+        self.generation = generation
+        self.pid = 0
+        self.spawned_at = time.monotonic()
+        self.ready = False
+        self.recycle = False
+        self.retiring = False
+        self.stop_deadline: float | None = None
+        self.dump_sent_at: float | None = None
+        self.killed = False
+
+    def __repr__(self) -> str:
+        return f"<worker {self.index} pid={self.pid} generation={self.generation}>"
+
+
+class Worker:
+    """The loop of one worker process, serving ``servers`` (each with a ``socket``)."""
+
+    def __init__(
+        self,
+        server: Any,
+        process: WorkerProcess,
+        slot: WorkerSlot,
+        *,
+        master_alive_fd: int | None,
+        notify_fd: int | None,
+    ) -> None:
+        self.server = server
+        self.process = process
+        self.slot = slot
+        self.master_alive_fd = master_alive_fd
+        self.notify_fd = notify_fd
+        self.threads = int(server.threads)
+        self.graceful_timeout = float(server.graceful_timeout)
+        self.keepalive_timeout = float(server.keepalive_timeout)
+        self.idle_limit = self.keepalive_timeout
+        self.max_requests = _jittered_limit(server.max_requests, server.max_requests_jitter)
+        timeout = float(server.worker_timeout)
+        self.tick = max(0.05, min(1.0, timeout / 4))
+        self.waker = Waker()
+        self.pool: ThreadPool | None = None
+        self.selector = selectors.DefaultSelector()
+        self.parked: dict[int, HTTPConnection] = {}
+        self.to_park: collections.deque[HTTPConnection] = collections.deque()
+        self.stop: Stop | None = None
+        self.stop_deadline = 0.0
+        self.listening = False
+        self.accept_paused_until = 0.0
+        self.accept_backoff = 0.0
+        self.parks_http = drives_http_connections(server)
+        # Workers share the listening socket: whoever loses the race for a
+        # connection or datagram must get EAGAIN, not block.
+        server.socket.setblocking(False)
+        self.nodelay = server.socket.type == socket.SOCK_STREAM and server.socket.family in (
+            socket.AF_INET,
+            socket.AF_INET6,
+        )
+
+    # -- life cycle ---------------------------------------------------------------------------
+
+    def run(self) -> int:
+        """Boot, serve until told to stop, and return the process exit code."""
+        try:
+            # Dumps every thread's stack on DUMP_SIGNAL (and fatal errors) before dying.
+            faulthandler.enable(file=sys.stderr, all_threads=True)
+            self.server.post_fork(self.process)
+            self.pool = ThreadPool(self.threads, on_done=self.waker.wake, name="prefork-worker")
+        except Exception as exc:
+            logger.exception("worker %d failed to boot", self.process.index)
+            self._notify(f"F {self.process.index} {type(exc).__name__}: {exc}")
+            return ExitCode.BOOT_ERROR
+        with SignalQueue(
+            (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGUSR1), self.waker
+        ) as signals:
+            self.signals = signals
+            self.slot.set_state(WorkerState.READY)
+            self._notify(f"R {self.process.index}")
+            code = self._serve()
+        try:
+            self.server.worker_exit(self.process)
+        except Exception:
+            logger.exception("worker_exit hook failed")
+        return code
+
+    def _serve(self) -> int:
+        self.selector.register(self.waker, selectors.EVENT_READ, "waker")
+        if self.master_alive_fd is not None:
+            self.selector.register(self.master_alive_fd, selectors.EVENT_READ, "master")
+        asked_to_recycle = False
+        while True:
+            self._update_listening()
+            for key, _ in self.selector.select(self._select_timeout()):
+                tag = key.data
+                if tag == "waker":
+                    self.waker.drain()
+                elif tag == "listener":
+                    self._accept()
+                elif tag == "master":
+                    logger.warning("worker %d: master is gone, exiting", self.process.index)
+                    return ExitCode.MASTER_GONE
+                else:
+                    self._resume(tag)
+            self._handle_signals()
+            if self.stop is Stop.FAST:
+                return ExitCode.OK
+            self._park_returned_connections()
+            now = time.monotonic()
+            self._expire_parked(now)
+            self._heartbeat()
+            if not asked_to_recycle and 0 < self.max_requests <= self._completed():
+                asked_to_recycle = True
+                self.slot.set_state(WorkerState.RECYCLE)
+                self._notify(f"C {self.process.index}")
+            if self.stop is Stop.GRACEFUL:
+                if self._drained():
+                    return ExitCode.OK
+                if now >= self.stop_deadline:
+                    self._give_up_on_requests()
+                    return ExitCode.OK
+            else:
+                self.server.service_actions()
+
+    def _select_timeout(self) -> float:
+        timeout = self.tick
+        if self.parked:
+            oldest = min(conn.parked_since for conn in self.parked.values())
+            timeout = min(timeout, max(0.0, oldest + self.idle_limit - time.monotonic()))
+        if self.stop is Stop.GRACEFUL:
+            timeout = min(timeout, max(0.0, self.stop_deadline - time.monotonic()))
+        return timeout
+
+    # -- signals ------------------------------------------------------------------------------
+
+    def _handle_signals(self) -> None:
+        for sig in self.signals.pop_all():
+            if sig in (signal.SIGINT, signal.SIGQUIT):
+                self.stop = Stop.FAST
+            elif sig == signal.SIGTERM and self.stop is None:
+                self._begin_graceful_stop()
+            elif sig == signal.SIGUSR1:
+                from prefork.logs import reopen_log_files
+
+                reopen_log_files()
+
+    def _begin_graceful_stop(self) -> None:
+        """Stop accepting, take what already waits in the backlog, close idle connections."""
+        self.stop = Stop.GRACEFUL
+        self.stop_deadline = time.monotonic() + self.graceful_timeout
+        self.slot.set_state(WorkerState.DRAINING)
+        self._set_listening(False)
+        if self.server.socket.type == socket.SOCK_STREAM:
+            self._accept(drain_backlog=True)
+        # Idle keep-alive connections get a moment to send one last request,
+        # answered with "this connection closes", rather than a close that
+        # races with a request already on its way.
+        self.idle_limit = min(self.keepalive_timeout, _DRAIN_IDLE_GRACE)
+
+    def _drained(self) -> bool:
+        assert self.pool is not None
+        return self.pool.outstanding == 0 and not self.parked and not self.to_park
+
+    def _give_up_on_requests(self) -> None:
+        assert self.pool is not None
+        logger.error(
+            "worker %d: %d request(s) still running after graceful_timeout %.1fs; stacks follow",
+            self.process.index,
+            self.pool.outstanding,
+            self.graceful_timeout,
+        )
+        faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
+
+    # -- accepting ----------------------------------------------------------------------------
+
+    def _update_listening(self) -> None:
+        assert self.pool is not None
+        want = (
+            self.stop is None
+            and self.pool.idle > 0
+            and time.monotonic() >= self.accept_paused_until
+        )
+        self._set_listening(want)
+
+    def _set_listening(self, want: bool) -> None:
+        if want == self.listening:
+            return
+        if want:
+            self.selector.register(self.server, selectors.EVENT_READ, "listener")
+        else:
+            self.selector.unregister(self.server)
+        self.listening = want
+
+    def _accept(self, *, drain_backlog: bool = False) -> None:
+        """Take requests while threads are idle, or every waiting one with ``drain_backlog``."""
+        assert self.pool is not None
+        server = self.server
+        while drain_backlog or self.pool.idle > 0:
+            try:
+                request, client_address = server.get_request()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                self._accept_failed(exc)
+                return
+            self.accept_backoff = 0.0
+            if not server.verify_request(request, client_address):
+                server.shutdown_request(request)
+                continue
+            try:
+                server.process_request(request, client_address)
+            except Exception:
+                server.handle_error(request, client_address)
+                server.shutdown_request(request)
+
+    def _accept_failed(self, exc: OSError) -> None:
+        if exc.errno not in _ACCEPT_ERRORS_TO_BACK_OFF:
+            logger.debug("worker %d: accept failed: %s", self.process.index, exc)
+            return
+        # Out of fds or memory: the connection stays in the backlog. Pause
+        # accepting (doubling up to 1 s) instead of spinning on a ready socket.
+        self.accept_backoff = min(1.0, max(0.01, self.accept_backoff * 2))
+        self.accept_paused_until = time.monotonic() + self.accept_backoff
+        logger.warning(
+            "worker %d: accept failed (%s); pausing %.2fs",
+            self.process.index,
+            exc.strerror,
+            self.accept_backoff,
+        )
+        self._set_listening(False)
+
+    def dispatch(self, request: Any, client_address: Any) -> None:
+        """Hand an accepted request to the pool (the engine's ``process_request``)."""
+        assert self.pool is not None
+        server = self.server
+        if self.nodelay:
+            # Responses often leave in two small writes (head, then body); with
+            # Nagle's algorithm the second waits for a delayed ACK (40 ms).
+            request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if self.parks_http:
+            self._submit_connection(HTTPConnection(server, request, client_address))
+        else:
+            self.pool.submit(lambda: server.process_request_thread(request, client_address))
+
+    # -- parked connections -------------------------------------------------------------------
+
+    def _submit_connection(self, conn: HTTPConnection, *, last: bool = False) -> None:
+        assert self.pool is not None
+
+        def serve() -> None:
+            if conn.serve(last=last or self.stop is not None) is Outcome.PARK:
+                self.to_park.append(conn)
+
+        self.pool.submit(serve)
+
+    def _park_returned_connections(self) -> None:
+        while self.to_park:
+            conn = self.to_park.popleft()
+            self.parked[conn.fileno()] = conn
+            self.selector.register(conn, selectors.EVENT_READ, conn)
+
+    def _resume(self, conn: HTTPConnection) -> None:
+        self._unpark(conn)
+        self._submit_connection(conn)
+
+    def _unpark(self, conn: HTTPConnection) -> None:
+        self.selector.unregister(conn)
+        del self.parked[conn.fileno()]
+
+    def _expire_parked(self, now: float) -> None:
+        for conn in list(self.parked.values()):
+            if now - conn.parked_since >= self.idle_limit:
+                self._unpark(conn)
+                conn.close()
+
+    # -- reporting ----------------------------------------------------------------------------
+
+    def _completed(self) -> int:
+        assert self.pool is not None
+        return self.pool.completed
+
+    def _heartbeat(self) -> None:
+        assert self.pool is not None
+        self.slot.heartbeat(
+            busy=self.pool.outstanding,
+            requests=self.pool.completed,
+            oldest_request_start=self.pool.oldest_start(),
+        )
+
+    def _notify(self, message: str) -> None:
+        """Tell the master something (one line; pipe writes this short are atomic)."""
+        if self.notify_fd is None:
+            return
+        line = (message.replace("\n", " ")[:500] + "\n").encode("utf-8", "replace")
+        with contextlib.suppress(OSError):  # the master is gone; the loop will notice
+            os.write(self.notify_fd, line)
+
+
+def _jittered_limit(max_requests: int, jitter: int) -> int:
+    """``max_requests`` plus a random share of ``jitter``, so workers recycle apart."""
+    if not max_requests:
+        return 0
+    import random
+
+    return max_requests + (random.randint(0, jitter) if jitter > 0 else 0)
