@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import ast
 import errno
 import os
+import select
 import selectors
 import socket
 import sys
@@ -648,19 +650,66 @@ def test_unix_path_under_a_file_raises_notadirectory() -> None:
         assert exc.errno == errno.ENOTDIR
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root may bind in read-only directories")
-def test_unix_path_in_readonly_directory_raises_permissionerror() -> None:
-    """A Unix socket path in a non-writable directory raises PermissionError."""
-    with short_tmpdir() as tmp:
-        os.chmod(tmp, 0o500)
+NOBODY = 65534
+
+
+def _lowest_free_fd() -> int:
+    """The fd number the next open() gets (works without access to /proc/self/fd)."""
+    fd = os.open(os.devnull, os.O_RDONLY)
+    os.close(fd)
+    return fd
+
+
+def _bind_in_child(path: str, uid: int | None) -> dict[str, Any]:
+    """Try to serve on ``path`` in a forked child (as ``uid`` if given); report the outcome.
+
+    Root may create files in any directory, so the permission check needs an
+    unprivileged process: the child drops to ``uid`` before binding.
+    """
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child: never return into pytest
+        code = 1
         try:
-            exc = _assert_fails_without_leak(
-                PermissionError,
-                lambda: prefork.UnixStreamServer(os.path.join(tmp, "s"), UpperHandler),
-            )
-            assert exc.errno == errno.EACCES
+            os.close(read_fd)
+            if uid is not None:
+                os.setgid(uid)
+                os.setuid(uid)
+            before = _lowest_free_fd()
+            outcome: dict[str, Any] = {"raised": None}
+            try:
+                prefork.UnixStreamServer(path, UpperHandler).server_close()
+            except OSError as exc:
+                # Checked while the traceback (and so the server) is still alive:
+                # the constructor itself must have closed the socket.
+                leaked = _lowest_free_fd() != before
+                outcome = {"raised": type(exc).__name__, "errno": exc.errno, "leaked": leaked}
+            os.write(write_fd, repr(outcome).encode())
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(write_fd)
+    try:
+        ready, _, _ = select.select([read_fd], [], [], TIMEOUT)
+        assert ready, "the child did not report"
+        report = os.read(read_fd, 4096).decode()
+    finally:
+        os.close(read_fd)
+        _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, report
+    return dict(ast.literal_eval(report))
+
+
+def test_unix_path_in_readonly_directory_raises_permissionerror() -> None:
+    """A Unix socket path in a non-writable directory raises PermissionError, no fd leaks."""
+    with short_tmpdir() as tmp:
+        os.chmod(tmp, 0o555)
+        try:
+            uid = NOBODY if os.geteuid() == 0 else None
+            outcome = _bind_in_child(os.path.join(tmp, "s"), uid)
         finally:
             os.chmod(tmp, 0o700)
+    assert outcome == {"raised": "PermissionError", "errno": errno.EACCES, "leaked": False}
 
 
 def test_unix_path_already_bound_raises_eaddrinuse() -> None:
