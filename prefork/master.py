@@ -35,7 +35,7 @@ from prefork.children import ChildProcesses, ExitedChild, fork_child
 from prefork.logs import reopen_log_files
 from prefork.proctitle import set_title
 from prefork.scoreboard import Scoreboard, WorkerState
-from prefork.signals import SignalQueue, reset_signal_handlers
+from prefork.signals import SignalQueue, can_install_handlers, reset_signal_handlers
 from prefork.wakeup import Waker
 from prefork.worker import DUMP_SIGNAL, ExitCode, Worker, WorkerProcess
 
@@ -123,7 +123,8 @@ class Master:
 
     def run(self, poll_interval: float) -> None:
         """Supervise until every worker is gone after a stop; raise BootError on a crash loop."""
-        set_title("master", self.server.proc_name)
+        if can_install_handlers():  # the main thread: the process is ours to name
+            set_title("master", self.server.proc_name)
         self.selector.register(self.waker, selectors.EVENT_READ, "waker")
         self.selector.register(self._notify_read, selectors.EVENT_READ, "notice")
         with SignalQueue(MASTER_SIGNALS, self.waker) as self.signals:
@@ -403,13 +404,11 @@ class Master:
             self._signal(worker, signal.SIGKILL)
             worker.killed = True
 
-    def retire(self, worker: WorkerProcess, reason: str) -> None:
+    def retire(self, worker: WorkerProcess, reason: str, *, stuck: bool = False) -> None:
         """Stop ``worker`` gracefully: it stops accepting and gets ``graceful_timeout``."""
         if worker.retiring:
             return
-        level = (
-            logging.INFO if reason in ("shutting down", "stale", "scaling down") else logging.ERROR
-        )
+        level = logging.ERROR if stuck else logging.INFO
         logger.log(level, "master: retiring %r: %s", worker, reason)
         worker.retiring = True
         worker.stop_deadline = time.monotonic() + float(self.server.graceful_timeout)
@@ -443,7 +442,8 @@ class Master:
             self.server.rolling_reload or all(w.generation == self.generation for w in stale)
         )
         if one_at_a_time:
-            missing = 0 if booting else 1
+            # One extra process at most, counting stale workers still draining.
+            missing = 0 if booting or len(self.workers) > self.target else 1
         for _ in range(missing):
             self.spawn_worker()
 

@@ -75,7 +75,7 @@ class ForkingMixIn:
         if self.active_children is None:
             self.active_children = ChildProcesses()
         self.active_children.add(pid)
-        self.close_request(request)
+        self.close_request(request)  # type: ignore[attr-defined]
 
     def _serve_in_child(self, request: Any, client_address: Any) -> int:
         status = 1

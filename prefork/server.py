@@ -59,6 +59,7 @@ class BaseServer:
     """
 
     timeout: float | None = None
+    socket: Any  # provided by subclasses: TCPServer creates it
 
     def __init__(self, server_address: Address, RequestHandlerClass: Any) -> None:  # noqa: N803
         """Store the address and handler class.  May be extended, do not override."""
@@ -119,6 +120,14 @@ class BaseServer:
         with self.__waker_lock:
             if self.__waker is not None:
                 self.__waker.wake()
+
+    def fileno(self) -> int:
+        """The file descriptor to wait on for requests; subclasses provide it."""
+        raise NotImplementedError
+
+    def get_request(self) -> tuple[Any, Address]:
+        """Take one request: ``(request, client_address)``; subclasses provide it."""
+        raise NotImplementedError
 
     def service_actions(self) -> None:
         """Called by the :meth:`serve_forever` loop.  May be overridden or extended."""

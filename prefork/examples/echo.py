@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> None:
     except OSError as exc:
         parser.exit(1, f"prefork.examples.echo: cannot bind {args.host}:{args.port}: {exc}\n")
     with server:
-        host, port = server.server_address[:2]
+        host, port = server.socket.getsockname()[:2]
         print(f"Echoing on {host}:{port} (Ctrl-C to stop)", flush=True)
         with contextlib.suppress(KeyboardInterrupt):
             server.serve_forever()
