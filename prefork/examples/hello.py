@@ -1,14 +1,17 @@
 """A hello-world HTTP server: ``python -m prefork.examples.hello [--host H] [--port P]``.
 
-An unchanged ``http.server.BaseHTTPRequestHandler`` on a prefork server.
-Try ``curl http://127.0.0.1:8000/``.
+An unchanged ``http.server.BaseHTTPRequestHandler`` served by a prefork master
+with two worker processes.  Try ``curl http://127.0.0.1:8000/``; Ctrl-C (or
+``SIGTERM``) stops it, ``SIGHUP`` reloads the workers, ``SIGTTIN``/``SIGTTOU``
+add or remove one.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import http.server
+import logging
+import os
 
 import prefork
 
@@ -19,7 +22,7 @@ class HelloHandler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
 
     def do_GET(self) -> None:
-        body = b"Hello, world!\n"
+        body = f"Hello, world! (worker pid {os.getpid()})\n".encode()
         self.send_response(200)
         self.send_header("Content-Type", "text/plain; charset=utf-8")
         self.send_header("Content-Length", str(len(body)))
@@ -27,10 +30,11 @@ class HelloHandler(http.server.BaseHTTPRequestHandler):
         self.wfile.write(body)
 
 
-class HelloServer(prefork.ThreadingMixIn, http.server.HTTPServer):
-    """``http.server.HTTPServer`` with prefork's thread-per-connection mixin."""
+class HelloServer(prefork.PreforkMixIn, http.server.HTTPServer):
+    """``http.server.HTTPServer`` run by a prefork master: 2 workers x 4 threads."""
 
-    daemon_threads = True
+    workers = 2
+    threads = 4
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -38,16 +42,17 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--workers", type=int, default=HelloServer.workers)
     args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s [%(process)d] %(message)s")
     try:
-        server = HelloServer((args.host, args.port), HelloHandler)
+        server = HelloServer((args.host, args.port), HelloHandler, workers=args.workers)
     except OSError as exc:
         parser.exit(1, f"prefork.examples.hello: cannot bind {args.host}:{args.port}: {exc}\n")
     with server:
         host, port = server.socket.getsockname()[:2]
         print(f"Serving HTTP on http://{host}:{port}/ (Ctrl-C to stop)", flush=True)
-        with contextlib.suppress(KeyboardInterrupt):
-            server.serve_forever()
+        server.serve_forever()
 
 
 if __name__ == "__main__":
