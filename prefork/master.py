@@ -37,7 +37,7 @@ from prefork.proctitle import set_title
 from prefork.scoreboard import Scoreboard, WorkerState
 from prefork.signals import SignalQueue, can_install_handlers, reset_signal_handlers
 from prefork.wakeup import Waker
-from prefork.worker import DUMP_SIGNAL, ExitCode, Worker, WorkerProcess
+from prefork.worker import DUMP_SIGNAL, IGNORED_SIGNALS, ExitCode, Worker, WorkerProcess
 
 logger = logging.getLogger(__name__)
 
@@ -54,17 +54,6 @@ MASTER_SIGNALS = (
     signal.SIGCHLD,
 )
 
-#: Signals a worker starts with their default disposition (it installs its own).
-_WORKER_RESET_SIGNALS = (
-    signal.SIGHUP,
-    signal.SIGTERM,
-    signal.SIGINT,
-    signal.SIGQUIT,
-    signal.SIGUSR1,
-    signal.SIGUSR2,
-    signal.SIGWINCH,
-    signal.SIGCHLD,
-)
 
 #: Seconds between the stack-dump signal and SIGKILL for a worker past its grace.
 _DUMP_GRACE = 0.3
@@ -99,6 +88,8 @@ class Master:
         self.boot_failures = 0
         self.last_boot_failure = ""
         self.next_spawn_at = 0.0
+        self.spawning_suspended = False
+        self.gave_up = False
         self.stop_requested = False
         self.waker = Waker()
         self.selector = selectors.DefaultSelector()
@@ -141,7 +132,7 @@ class Master:
                 self.selector.select(self._select_timeout(poll_interval))
                 self.waker.drain()
                 self.turn()
-        if self.boot_failures >= self.server.max_boot_failures:
+        if self.gave_up:
             raise BootError(
                 f"workers failed to boot {self.boot_failures} times in a row"
                 f" (last: {self.last_boot_failure})"
@@ -191,7 +182,9 @@ class Master:
         self.generation += 1
         self.target = self.server.configured_workers()
         self.boot_failures = 0
+        self.last_boot_failure = ""
         self.next_spawn_at = 0.0
+        self.spawning_suspended = False
         logger.info("master: reloading, generation %d", self.generation)
         self.server.on_reload()
 
@@ -212,7 +205,10 @@ class Master:
                 self._signal(worker, signal.SIGQUIT)
 
     def add_worker(self) -> None:
-        """``TTIN``: one worker more."""
+        """``TTIN``: one worker more (up to what the scoreboard holds through a reload)."""
+        if self.target + 1 > self.scoreboard.slots // 2:
+            logger.warning("master: SIGTTIN ignored: %d workers is the limit", self.target)
+            return
         self.target += 1
         logger.info("master: workers %d", self.target)
 
@@ -286,9 +282,9 @@ class Master:
 
     def _worker_main(self, worker: WorkerProcess, blocked: Any) -> int:
         """The first code a new worker runs (in the child)."""
-        reset_signal_handlers(_WORKER_RESET_SIGNALS)
-        signal.signal(signal.SIGTTIN, signal.SIG_IGN)
-        signal.signal(signal.SIGTTOU, signal.SIG_IGN)
+        reset_signal_handlers(MASTER_SIGNALS)
+        for sig in IGNORED_SIGNALS:
+            signal.signal(sig, _ignore_signal)
         signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
         self._close_master_resources()
         worker.pid = os.getpid()
@@ -351,7 +347,20 @@ class Master:
         if not self.last_boot_failure:
             self.last_boot_failure = exited.describe()
         limit = int(self.server.max_boot_failures)
+        if self.boot_failures >= limit and self._older_generation_serving():
+            # A reload whose new code cannot boot: the old workers keep serving
+            # until the next HUP brings code that can.
+            logger.error(
+                "master: generation %d failed to boot %d times in a row (last: %s);"
+                " older workers keep serving; fix the code and send HUP",
+                self.generation,
+                self.boot_failures,
+                self.last_boot_failure,
+            )
+            self.spawning_suspended = True
+            return
         if self.boot_failures >= limit:
+            self.gave_up = True
             logger.error(
                 "master: workers failed to boot %d times in a row (last: %s); giving up",
                 self.boot_failures,
@@ -366,6 +375,12 @@ class Master:
             worker,
             self.last_boot_failure or exited.describe(),
             backoff,
+        )
+
+    def _older_generation_serving(self) -> bool:
+        return any(
+            w.ready and not w.retiring and w.generation < self.generation
+            for w in self.workers.values()
         )
 
     # -- timeouts ---------------------------------------------------------------------------
@@ -435,7 +450,7 @@ class Master:
         for worker in surplus:
             self.retire(worker, "scaling down")
         missing = self.target - len(fresh)
-        if missing <= 0 or time.monotonic() < self.next_spawn_at:
+        if missing <= 0 or self.spawning_suspended or time.monotonic() < self.next_spawn_at:
             return
         booting = len(fresh) - len(ready)
         one_at_a_time = bool(stale) and (
@@ -475,3 +490,7 @@ class Master:
                 os.close(fd)
             self._notify_read = self._notify_write = self._alive_read = self._alive_write = -1
             self.scoreboard.close()
+
+
+def _ignore_signal(signum: int, frame: object) -> None:
+    """A handler that does nothing (reset to the default by ``exec``, unlike SIG_IGN)."""

@@ -40,6 +40,13 @@ from prefork.wakeup import Waker
 
 logger = logging.getLogger(__name__)
 
+#: Signals a worker acts on: stop gracefully, stop now, reopen logs.
+WORKER_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGUSR1)
+#: Signals meant for the master that a worker ignores (a terminal's HUP or
+#: WINCH reaches the whole process group).  Ignored by a Python handler, not
+#: SIG_IGN, so that programs the application executes get the defaults back.
+IGNORED_SIGNALS = (signal.SIGHUP, signal.SIGWINCH, signal.SIGTTIN, signal.SIGTTOU, signal.SIGUSR2)
+
 #: The signal that makes a worker write every thread's stack to stderr and die.
 DUMP_SIGNAL = signal.SIGABRT
 
@@ -139,9 +146,7 @@ class Worker:
             logger.exception("worker %d failed to boot", self.process.index)
             self._notify(f"F {self.process.index} {type(exc).__name__}: {exc}")
             return ExitCode.BOOT_ERROR
-        with SignalQueue(
-            (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGUSR1), self.waker
-        ) as signals:
+        with SignalQueue(WORKER_SIGNALS, self.waker) as signals:
             self.signals = signals
             self.slot.set_state(WorkerState.READY)
             self._notify(f"R {self.process.index}")
