@@ -343,6 +343,8 @@ class Master:
         logger.log(level, "master: %r exited: %s", worker, exited.describe())
 
     def _boot_failed(self, worker: WorkerProcess, exited: ExitedChild) -> None:
+        if self.phase is not Phase.RUNNING:
+            return  # stopping anyway: nothing to retry
         self.boot_failures += 1
         if not self.last_boot_failure:
             self.last_boot_failure = exited.describe()

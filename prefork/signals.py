@@ -46,6 +46,13 @@ class SignalQueue:
         self._waker.wake()
 
     def __enter__(self) -> SignalQueue:
+        return self.install()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.restore()
+
+    def install(self) -> SignalQueue:
+        """Install the handlers (only in the main thread; otherwise stay inactive)."""
         if not can_install_handlers():
             return self
         for sig in self._signals:
@@ -58,7 +65,8 @@ class SignalQueue:
         self.active = True
         return self
 
-    def __exit__(self, *exc_info: object) -> None:
+    def restore(self) -> None:
+        """Put back the previous handlers and wakeup fd."""
         if not self.active:
             return
         for sig, previous in self._previous.items():

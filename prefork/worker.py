@@ -146,11 +146,12 @@ class Worker:
             logger.exception("worker %d failed to boot", self.process.index)
             self._notify(f"F {self.process.index} {type(exc).__name__}: {exc}")
             return ExitCode.BOOT_ERROR
-        with SignalQueue(WORKER_SIGNALS, self.waker) as signals:
-            self.signals = signals
-            self.slot.set_state(WorkerState.READY)
-            self._notify(f"R {self.process.index}")
-            code = self._serve()
+        # Never restored: a worker ends with os._exit, and a default SIGTERM
+        # handler back in place would let a second TERM kill it mid-exit.
+        self.signals = SignalQueue(WORKER_SIGNALS, self.waker).install()
+        self.slot.set_state(WorkerState.READY)
+        self._notify(f"R {self.process.index}")
+        code = self._serve()
         try:
             self.server.worker_exit(self.process)
         except Exception:
