@@ -205,22 +205,26 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--boot-delay", type=float, default=0.0, help="post_fork sleeps this")
     parser.add_argument("--crash-on-boot", action="store_true", help="post_fork raises")
     parser.add_argument("--rolling", action="store_true", help="rolling_reload")
+    parser.add_argument("--log-file", help="also log to this file (reopened on USR1)")
     options = parser.parse_args(argv)
     if options.kind == "unix-dgram-echo" and not options.path:
         parser.error("--path is required for unix-dgram-echo")
     return options
 
 
-def configure_logging() -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(
-        logging.Formatter(
-            "%(asctime)s.%(msecs)03d pid=%(process)d %(name)s %(levelname)s %(message)s",
-            datefmt="%H:%M:%S",
-        )
+def configure_logging(log_file: str | None = None) -> None:
+    formatter = logging.Formatter(
+        "%(asctime)s.%(msecs)03d pid=%(process)d %(name)s %(levelname)s %(message)s",
+        datefmt="%H:%M:%S",
     )
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(formatter)
     root = logging.getLogger()
     root.addHandler(handler)
+    if log_file:
+        file_handler = logging.FileHandler(log_file)
+        file_handler.setFormatter(formatter)
+        root.addHandler(file_handler)
     root.setLevel(logging.INFO)
     # "spawned" lines let the tests follow how many workers exist at each moment.
     logging.getLogger("prefork.master").setLevel(logging.DEBUG)
@@ -228,7 +232,7 @@ def configure_logging() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     options = parse_args(argv)
-    configure_logging()
+    configure_logging(options.log_file)
     server = build_server(options)
     address = server.server_address
     if isinstance(address, tuple):
