@@ -109,6 +109,8 @@ class PreforkMixIn:
     proc_name: str | None = None
 
     _prefork_worker: Any = None
+    #: Servers on further binds, served by the same workers (the command line sets it).
+    extra_servers: tuple[Any, ...] = ()
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         """Take the settings given as keywords, then build the server as usual."""
@@ -172,7 +174,7 @@ class PreforkMixIn:
         """In a worker, hand the request to a pool thread; elsewhere, serve it inline."""
         worker = self._prefork_worker
         if worker is not None:
-            worker.dispatch(request, client_address)
+            worker.dispatch(request, client_address, self)
         else:
             run_request(self, request, client_address)
 
@@ -187,6 +189,8 @@ class PreforkMixIn:
         if serving:
             self.shutdown()
         super().server_close()  # type: ignore[misc]
+        for extra in self.extra_servers:
+            extra.server_close()
 
     # -- hooks ----------------------------------------------------------------------------
 

@@ -21,6 +21,7 @@ ones report ready, so capacity never dips during a reload.  ``rolling_reload``
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import enum
 import logging
@@ -34,7 +35,7 @@ from typing import Any
 from prefork.children import ChildProcesses, ExitedChild, fork_child
 from prefork.logs import reopen_log_files
 from prefork.proctitle import set_title
-from prefork.scoreboard import Scoreboard, WorkerState
+from prefork.scoreboard import SHM_DIR, Scoreboard, SlotView, WorkerState, published_path
 from prefork.signals import SignalQueue, can_install_handlers, reset_signal_handlers
 from prefork.wakeup import Waker
 from prefork.worker import DUMP_SIGNAL, IGNORED_SIGNALS, ExitCode, Worker, WorkerProcess
@@ -65,6 +66,19 @@ class BootError(RuntimeError):
     """Workers failed to boot too many times in a row; the master gave up."""
 
 
+class Cause(str, enum.Enum):
+    """Why a worker was stopped or replaced (counted in ``Master.restarts``)."""
+
+    CRASH = "crash"
+    BOOT_FAILURE = "boot_failure"
+    TIMEOUT = "timeout"
+    RELOAD = "reload"
+    MAX_REQUESTS = "max_requests"
+    MEMORY = "memory"
+    SCALE_DOWN = "scale_down"
+    SHUTDOWN = "shutdown"
+
+
 class Phase(enum.Enum):
     """Where the master is in its life."""
 
@@ -81,8 +95,9 @@ class Master:
         self.target = server.configured_workers()
         self.generation = 1
         self.workers: dict[int, WorkerProcess] = {}
+        self.restarts: collections.Counter[Cause] = collections.Counter()
         self.children = ChildProcesses()
-        self.scoreboard = Scoreboard(max(64, 4 * self.target + 8))
+        self.scoreboard = Scoreboard(max(64, 4 * self.target + 8), _scoreboard_path(server))
         self.phase = Phase.RUNNING
         self.stop_deadline = 0.0
         self.boot_failures = 0
@@ -194,7 +209,7 @@ class Master:
             self.phase = Phase.STOPPING_GRACEFULLY
             self.stop_deadline = time.monotonic() + float(self.server.graceful_timeout)
             for worker in list(self.workers.values()):
-                self.retire(worker, "shutting down")
+                self.retire(worker, "shutting down", cause=Cause.SHUTDOWN)
 
     def stop_fast(self) -> None:
         """``INT``/``QUIT``: workers exit at once."""
@@ -334,7 +349,12 @@ class Master:
                 continue
             self.scoreboard.release(worker.index)
             self._log_exit(worker, exited)
-            if not worker.ready and not worker.retiring:
+            if worker.retiring or self.phase is not Phase.RUNNING:
+                continue
+            if worker.ready:
+                self.restarts[Cause.CRASH] += 1
+            else:
+                self.restarts[Cause.BOOT_FAILURE] += 1
                 self._boot_failed(worker, exited)
 
     def _log_exit(self, worker: WorkerProcess, exited: ExitedChild) -> None:
@@ -397,16 +417,11 @@ class Master:
                 self._enforce_deadline(worker, now)
                 continue
             slot = self.scoreboard.read(worker.index)
-            if not worker.ready:
-                if now - worker.spawned_at > timeout:
-                    self.retire(worker, f"did not boot within {timeout:g}s", stuck=True)
-            elif now - slot.heartbeat > timeout:
-                self.retire(worker, f"no heartbeat for {now - slot.heartbeat:.1f}s", stuck=True)
-            elif slot.longest_request(now) > timeout:
-                longest = slot.longest_request(now)
-                self.retire(worker, f"a request has run for {longest:.1f}s", stuck=True)
-            elif slot.state is WorkerState.RECYCLE:
+            if slot.state is WorkerState.RECYCLE:
                 worker.recycle = True
+            stuck = _why_stuck(worker, slot, now, timeout)
+            if stuck:
+                self.retire(worker, stuck, cause=Cause.TIMEOUT)
 
     def _enforce_deadline(self, worker: WorkerProcess, now: float) -> None:
         if worker.stop_deadline is None or now < worker.stop_deadline:
@@ -421,11 +436,12 @@ class Master:
             self._signal(worker, signal.SIGKILL)
             worker.killed = True
 
-    def retire(self, worker: WorkerProcess, reason: str, *, stuck: bool = False) -> None:
+    def retire(self, worker: WorkerProcess, reason: str, *, cause: Cause) -> None:
         """Stop ``worker`` gracefully: it stops accepting and gets ``graceful_timeout``."""
         if worker.retiring:
             return
-        level = logging.ERROR if stuck else logging.INFO
+        level = logging.ERROR if cause is Cause.TIMEOUT else logging.INFO
+        self.restarts[cause] += 1
         logger.log(level, "master: retiring %r: %s", worker, reason)
         worker.retiring = True
         worker.stop_deadline = time.monotonic() + float(self.server.graceful_timeout)
@@ -447,10 +463,11 @@ class Master:
         )
         ready = [w for w in fresh if w.ready]
         for worker in stale[: max(0, len(ready) + len(stale) - self.target)]:
-            self.retire(worker, "stale")
+            cause = Cause.MAX_REQUESTS if worker.recycle else Cause.RELOAD
+            self.retire(worker, f"replaced ({cause.value})", cause=cause)
         surplus = sorted(fresh, key=lambda w: w.spawned_at)[: max(0, len(fresh) - self.target)]
         for worker in surplus:
-            self.retire(worker, "scaling down")
+            self.retire(worker, "scaling down", cause=Cause.SCALE_DOWN)
         missing = self.target - len(fresh)
         if missing <= 0 or self.spawning_suspended or time.monotonic() < self.next_spawn_at:
             return
@@ -496,3 +513,21 @@ class Master:
 
 def _ignore_signal(signum: int, frame: object) -> None:
     """A handler that does nothing (reset to the default by ``exec``, unlike SIG_IGN)."""
+
+
+def _scoreboard_path(server: Any) -> str | None:
+    """Where to publish the scoreboard for ``prefork status``, if the server asks to."""
+    if not getattr(server, "publish_scoreboard", False) or not os.path.isdir(SHM_DIR):
+        return None
+    return published_path(os.getpid())
+
+
+def _why_stuck(worker: WorkerProcess, slot: SlotView, now: float, timeout: float) -> str:
+    """Why ``worker`` counts as stuck, or ``""`` when it is healthy."""
+    if not worker.ready:
+        booting = now - worker.spawned_at
+        return f"did not boot within {timeout:g}s" if booting > timeout else ""
+    if now - slot.heartbeat > timeout:
+        return f"no heartbeat for {now - slot.heartbeat:.1f}s"
+    longest = slot.longest_request(now)
+    return f"a request has run for {longest:.1f}s" if longest > timeout else ""

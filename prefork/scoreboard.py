@@ -12,8 +12,10 @@ an aligned 8-byte word, so a reader sees either the old or the new value.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import mmap
+import os
 import struct
 import time
 from dataclasses import dataclass
@@ -29,9 +31,11 @@ class WorkerState(enum.IntEnum):
     DRAINING = 4
 
 
-# pid, generation, state, requests, busy threads, heartbeat, oldest busy request start
-_SLOT = struct.Struct("=qqqqqdd")
-_PID, _GENERATION, _STATE, _REQUESTS, _BUSY, _HEARTBEAT, _OLDEST = range(0, _SLOT.size, 8)
+# pid, generation, state, requests, busy threads, threads, heartbeat, oldest request start
+_SLOT = struct.Struct("=qqqqqqdd")
+_PID, _GENERATION, _STATE, _REQUESTS, _BUSY, _THREADS, _HEARTBEAT, _OLDEST = range(
+    0, _SLOT.size, 8
+)
 
 
 @dataclass(frozen=True)
@@ -44,6 +48,7 @@ class SlotView:
     state: WorkerState
     requests: int
     busy: int
+    threads: int
     heartbeat: float
     oldest_request_start: float
 
@@ -52,16 +57,60 @@ class SlotView:
         return now - self.oldest_request_start if self.busy and self.oldest_request_start else 0.0
 
 
-class Scoreboard:
-    """A fixed number of worker slots in an anonymous shared mapping."""
+#: Where a published scoreboard lives: tmpfs, i.e. memory, never a disk.
+SHM_DIR = "/dev/shm"
 
-    def __init__(self, slots: int) -> None:
+
+def published_path(master_pid: int) -> str:
+    """The file a master with ``master_pid`` publishes its scoreboard in."""
+    return os.path.join(SHM_DIR, f"prefork-{master_pid}.scoreboard")
+
+
+class Scoreboard:
+    """A fixed number of worker slots in a shared mapping.
+
+    By default the mapping is anonymous (only the master and its workers see
+    it).  With ``path`` it is a file on tmpfs that other processes (``prefork
+    status``) can :meth:`attach` to read; the owner removes it on :meth:`close`.
+    """
+
+    def __init__(self, slots: int, path: str | None = None) -> None:
         self.slots = slots
-        self._map = mmap.mmap(-1, slots * _SLOT.size)
+        self.path = path
+        size = slots * _SLOT.size
+        if path is None:
+            self._map = mmap.mmap(-1, size)
+            return
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+        try:
+            os.ftruncate(fd, size)
+            self._map = mmap.mmap(fd, size)
+        finally:
+            os.close(fd)
+
+    @classmethod
+    def attach(cls, path: str) -> Scoreboard:
+        """Map a published scoreboard read-only (raises ``OSError`` if there is none)."""
+        board = cls.__new__(cls)
+        board.path = None  # not ours to remove
+        with open(path, "rb") as file:
+            size = os.fstat(file.fileno()).st_size
+            board.slots = size // _SLOT.size
+            board._map = mmap.mmap(file.fileno(), size, prot=mmap.PROT_READ)
+        return board
 
     def close(self) -> None:
-        """Unmap the region."""
+        """Unmap the region (and remove its file, if this process created it)."""
         self._map.close()
+        if self.path is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.path)
+            self.path = None
+
+    def snapshot(self) -> list[SlotView]:
+        """Every slot in use."""
+        views = [self.read(index) for index in range(self.slots)]
+        return [view for view in views if view.state != WorkerState.FREE]
 
     def free_slot(self) -> int:
         """Index of a free slot; raises ``RuntimeError`` when all are taken."""
@@ -80,6 +129,7 @@ class Scoreboard:
             WorkerState.BOOTING,
             0,
             0,
+            0,
             time.monotonic(),
             0.0,
         )
@@ -90,15 +140,15 @@ class Scoreboard:
 
     def release(self, index: int) -> None:
         """Mark slot ``index`` free after its worker was reaped."""
-        _SLOT.pack_into(self._map, index * _SLOT.size, 0, 0, WorkerState.FREE, 0, 0, 0.0, 0.0)
+        _SLOT.pack_into(self._map, index * _SLOT.size, 0, 0, WorkerState.FREE, 0, 0, 0, 0.0, 0.0)
 
     def read(self, index: int) -> SlotView:
         """A snapshot of slot ``index``."""
-        pid, generation, state, requests, busy, heartbeat, oldest = _SLOT.unpack_from(
+        pid, generation, state, requests, busy, threads, heartbeat, oldest = _SLOT.unpack_from(
             self._map, index * _SLOT.size
         )
         return SlotView(
-            index, pid, generation, WorkerState(state), requests, busy, heartbeat, oldest
+            index, pid, generation, WorkerState(state), requests, busy, threads, heartbeat, oldest
         )
 
     def slot(self, index: int) -> WorkerSlot:
@@ -115,6 +165,10 @@ class WorkerSlot:
 
     def _put(self, field: int, fmt: str, value: float) -> None:
         struct.pack_into(fmt, self._region, self._offset + field, value)
+
+    def set_threads(self, threads: int) -> None:
+        """Record the size of the worker's thread pool."""
+        self._put(_THREADS, "=q", threads)
 
     def set_state(self, state: WorkerState) -> None:
         """Record what the worker is doing."""

@@ -45,7 +45,10 @@ WORKER_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGUSR1)
 #: Signals meant for the master that a worker ignores (a terminal's HUP or
 #: WINCH reaches the whole process group).  Ignored by a Python handler, not
 #: SIG_IGN, so that programs the application executes get the defaults back.
-IGNORED_SIGNALS = (signal.SIGHUP, signal.SIGWINCH, signal.SIGTTIN, signal.SIGTTOU, signal.SIGUSR2)
+IGNORED_SIGNALS = (signal.SIGHUP, signal.SIGWINCH, signal.SIGTTIN, signal.SIGTTOU)
+#: The signal that makes a worker write every thread's stack to stderr and go on
+#: (``prefork status --stacks``).
+STACKS_SIGNAL = signal.SIGUSR2
 
 #: The signal that makes a worker write every thread's stack to stderr and die.
 DUMP_SIGNAL = signal.SIGABRT
@@ -124,14 +127,15 @@ class Worker:
         self.listening = False
         self.accept_paused_until = 0.0
         self.accept_backoff = 0.0
-        self.parks_http = drives_http_connections(server)
-        # Workers share the listening socket: whoever loses the race for a
-        # connection or datagram must get EAGAIN, not block.
-        server.socket.setblocking(False)
-        self.nodelay = server.socket.type == socket.SOCK_STREAM and server.socket.family in (
-            socket.AF_INET,
-            socket.AF_INET6,
-        )
+        # The server, and any further servers on other binds (the command line
+        # builds one per --bind); the same pool serves them all.
+        self.servers = [server, *getattr(server, "extra_servers", ())]
+        self.parks_http = {id(s): drives_http_connections(s) for s in self.servers}
+        self.nodelay = {id(s): _is_tcp_stream(s.socket) for s in self.servers}
+        for each in self.servers:
+            # Workers share the listening socket: whoever loses the race for a
+            # connection or datagram must get EAGAIN, not block.
+            each.socket.setblocking(False)
 
     # -- life cycle ---------------------------------------------------------------------------
 
@@ -140,6 +144,7 @@ class Worker:
         try:
             # Dumps every thread's stack on DUMP_SIGNAL (and fatal errors) before dying.
             faulthandler.enable(file=sys.stderr, all_threads=True)
+            faulthandler.register(STACKS_SIGNAL, file=sys.stderr, all_threads=True)
             self.server.post_fork(self.process)
             self.pool = ThreadPool(self.threads, on_done=self.waker.wake, name="prefork-worker")
         except Exception as exc:
@@ -149,6 +154,7 @@ class Worker:
         # Never restored: a worker ends with os._exit, and a default SIGTERM
         # handler back in place would let a second TERM kill it mid-exit.
         self.signals = SignalQueue(WORKER_SIGNALS, self.waker).install()
+        self.slot.set_threads(self.pool.size)
         self.slot.set_state(WorkerState.READY)
         self._notify(f"R {self.process.index}")
         code = self._serve()
@@ -169,13 +175,13 @@ class Worker:
                 tag = key.data
                 if tag == "waker":
                     self.waker.drain()
-                elif tag == "listener":
-                    self._accept()
                 elif tag == "master":
                     logger.warning("worker %d: master is gone, exiting", self.process.index)
                     return ExitCode.MASTER_GONE
-                else:
+                elif isinstance(tag, HTTPConnection):
                     self._resume(tag)
+                else:
+                    self._accept(tag)
             self._handle_signals()
             if self.stop is Stop.FAST:
                 return ExitCode.OK
@@ -224,8 +230,9 @@ class Worker:
         self.stop_deadline = time.monotonic() + self.graceful_timeout
         self.slot.set_state(WorkerState.DRAINING)
         self._set_listening(False)
-        if self.server.socket.type == socket.SOCK_STREAM:
-            self._accept(drain_backlog=True)
+        for server in self.servers:
+            if server.socket.type == socket.SOCK_STREAM:
+                self._accept(server, drain_backlog=True)
         # Idle keep-alive connections get a moment to send one last request,
         # answered with "this connection closes", rather than a close that
         # races with a request already on its way.
@@ -259,16 +266,16 @@ class Worker:
     def _set_listening(self, want: bool) -> None:
         if want == self.listening:
             return
-        if want:
-            self.selector.register(self.server, selectors.EVENT_READ, "listener")
-        else:
-            self.selector.unregister(self.server)
+        for server in self.servers:
+            if want:
+                self.selector.register(server, selectors.EVENT_READ, server)
+            else:
+                self.selector.unregister(server)
         self.listening = want
 
-    def _accept(self, *, drain_backlog: bool = False) -> None:
+    def _accept(self, server: Any, *, drain_backlog: bool = False) -> None:
         """Take requests while threads are idle, or every waiting one with ``drain_backlog``."""
         assert self.pool is not None
-        server = self.server
         while drain_backlog or self.pool.idle > 0:
             try:
                 request, client_address = server.get_request()
@@ -303,15 +310,15 @@ class Worker:
         )
         self._set_listening(False)
 
-    def dispatch(self, request: Any, client_address: Any) -> None:
-        """Hand an accepted request to the pool (the engine's ``process_request``)."""
+    def dispatch(self, request: Any, client_address: Any, server: Any = None) -> None:
+        """Hand a request accepted on ``server`` to the pool (``process_request`` in a worker)."""
         assert self.pool is not None
-        server = self.server
-        if self.nodelay:
+        server = self.server if server is None else server
+        if self.nodelay[id(server)]:
             # Responses often leave in two small writes (head, then body); with
             # Nagle's algorithm the second waits for a delayed ACK (40 ms).
             request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        if self.parks_http:
+        if self.parks_http[id(server)]:
             self._submit_connection(HTTPConnection(server, request, client_address))
         else:
             self.pool.submit(lambda: server.process_request_thread(request, client_address))
@@ -377,3 +384,7 @@ def _jittered_limit(max_requests: int, jitter: int) -> int:
     import random
 
     return max_requests + (random.randint(0, jitter) if jitter > 0 else 0)
+
+
+def _is_tcp_stream(sock: socket.socket) -> bool:
+    return sock.type == socket.SOCK_STREAM and sock.family in (socket.AF_INET, socket.AF_INET6)

@@ -31,7 +31,7 @@ def assert_new_generation_ready_before_old_retired(lines: list[str], generation:
         if (match := ready.search(text)) and int(match["gen"]) == generation:
             ready_count += 1
         elif (match := retiring.search(text)) and int(match["gen"]) < generation:
-            assert match["reason"] == "stale", text
+            assert match["reason"] == "replaced (reload)", text
             retired_count += 1
             assert retired_count <= ready_count, (
                 f"an old worker was retired before its replacement was ready: {text}"

@@ -147,7 +147,7 @@ def test_max_requests_recycles_workers_without_failed_requests(start_server, sta
     answered_by = {pid for pid, _ in load.seen()}
     assert answered_by - originals, f"no recycled worker answered: {load.report()}"
     recycled = [m for m in server.find(RETIRING) if int(m["pid"]) in originals]
-    assert {m["reason"] for m in recycled} == {"stale"}, recycled
+    assert {m["reason"] for m in recycled} == {"replaced (max_requests)"}, recycled
     # At every moment at least one worker was serving (ready and not retiring).
     timeline = serving_timeline(server)
     first = next(i for i, (count, _) in enumerate(timeline) if count)
