@@ -1,34 +1,135 @@
-"""The ``prefork`` command.  Until the operations release it only explains itself."""
+"""The ``prefork`` command: ``prefork [OPTIONS] MODULE:OBJECT`` and ``prefork status``.
+
+Options mirror gunicorn's where they mean the same; every one is declared in
+:mod:`prefork.settings`, which also reads them from the config file and the
+``PREFORK_*`` environment.  A mistake (bad option, address in use, missing
+module...) prints one line ``prefork: ...`` and exits 2.
+"""
 
 from __future__ import annotations
 
+import argparse
+import json
+import os
 import sys
+from typing import Any, NoReturn
 
 import prefork
+from prefork import config, settings
+from prefork.errors import ConfigError
 
-USAGE = """\
-usage: prefork [--version] [--help]
+DESCRIPTION = """\
+Serve MODULE:OBJECT with a master process and a pool of worker processes.
+OBJECT is a socketserver request handler class (http.server handlers get
+HTTPServer semantics), a server class, or with --wsgi a WSGI application."""
 
-prefork {version}: a multi-process prefork server engine with the socketserver API.
+EPILOG = """\
+signals to the master:
+  HUP          reload: re-read the config, start new workers, then stop the old
+  TERM         graceful shutdown      INT, QUIT   fast shutdown
+  TTIN, TTOU   one worker more/less   USR1        reopen log files
+  USR2         upgrade: start a new master on the same sockets (then TERM the old)
+  WINCH        stop all workers, keep the master
 
-The full command line (prefork [OPTIONS] MODULE:OBJECT) is not available yet.
-Run an example server instead:
+examples:
+  prefork prefork.examples.hello:HelloHandler
+  prefork -w 4 --threads 8 -b 0.0.0.0:8000 -b unix:/run/app.sock myapp:Handler
+  prefork --wsgi -b 127.0.0.1:8000 myproject.wsgi:application
+  prefork status -p /run/prefork.pid"""
 
-    python -m prefork.examples.hello --port 8000    # then: curl http://127.0.0.1:8000/
-    python -m prefork.examples.echo --port 9000     # then: nc 127.0.0.1 9000
-"""
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line and exit 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"prefork: {message} (see prefork --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The parser for ``prefork [OPTIONS] MODULE:OBJECT``, generated from the settings."""
+    parser = _Parser(
+        prog="prefork",
+        usage="prefork [OPTIONS] MODULE:OBJECT\n       prefork status [--pid FILE] [--json]",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        argument_default=argparse.SUPPRESS,
+    )
+    parser.add_argument("app", nargs="?", metavar="MODULE:OBJECT", help="what to serve")
+    parser.add_argument("-c", "--config", metavar="FILE", help="TOML config file")
+    parser.add_argument(
+        "--check-config", action="store_true", help="check the settings and application, then exit"
+    )
+    parser.add_argument(
+        "--print-config", action="store_true", help="print the settings as JSON, then exit"
+    )
+    parser.add_argument(
+        "-v", "--version", action="version", version=f"prefork {prefork.__version__}"
+    )
+    groups: dict[str, Any] = {}
+    for setting in settings.SETTINGS:
+        group = groups.get(setting.section)
+        if group is None:
+            group = groups[setting.section] = parser.add_argument_group(setting.section)
+        if setting.flag_only:
+            group.add_argument(
+                *setting.flags, dest=setting.name, action="store_true", help=setting.help
+            )
+        else:
+            group.add_argument(
+                *setting.flags,
+                dest=setting.name,
+                metavar=setting.metavar,
+                action="append" if setting.repeatable else "store",
+                help=setting.help,
+            )
+    return parser
+
+
+def command_line_settings(namespace: argparse.Namespace) -> dict[str, Any]:
+    """The settings given on the command line, validated."""
+    given = {
+        s.name: getattr(namespace, s.name) for s in settings.SETTINGS if hasattr(namespace, s.name)
+    }
+    return settings.from_mapping(given, "command line")
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Print the usage (or the version); exit 2 on anything else."""
+    """Run the command; returns its exit status."""
     args = sys.argv[1:] if argv is None else argv
-    if args in (["--version"], ["-V"]):
-        print(f"prefork {prefork.__version__}")
+    if args[:1] == ["status"]:
+        from prefork import status
+
+        return status.main(args[1:])
+    namespace = build_parser().parse_args(args)
+    try:
+        return run(namespace)
+    except ConfigError as exc:
+        print(f"prefork: {exc}", file=sys.stderr)
+        return 2
+
+
+def run(namespace: argparse.Namespace) -> int:
+    """Validate, bind, and serve until stopped."""
+    from prefork.command import Command
+    from prefork.logs import configure_logging
+
+    app = getattr(namespace, "app", None)
+    cli = command_line_settings(namespace)
+    config_path = getattr(namespace, "config", None)
+    values, _ = config.load(cli, config_path)
+    if getattr(namespace, "print_config", False):
+        print(json.dumps(values, indent=2, sort_keys=True))
         return 0
-    text = USAGE.format(version=prefork.__version__)
-    if args in ([], ["-h"], ["--help"]):
-        print(text, end="")
+    if not app:
+        raise ConfigError("no application given: prefork [OPTIONS] MODULE:OBJECT (see --help)")
+    configure_logging(values["loglevel"], values["logfile"], values["logconfig"])
+    os.umask(values["umask"])
+    command = Command(app, values, cli, config_path)
+    command.load_application()
+    if getattr(namespace, "check_config", False):
+        print(
+            f"prefork: configuration OK; {app} is a {command.kind.value if command.kind else '?'}"
+        )
         return 0
-    print(text, end="", file=sys.stderr)
-    print(f"prefork: unrecognised arguments: {' '.join(args)}", file=sys.stderr)
-    return 2
+    return command.serve()

@@ -27,6 +27,7 @@ the same ``graceful_timeout``.
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import threading
@@ -36,6 +37,8 @@ from prefork.master import BootError, Master
 from prefork.server import TCPServer, UDPServer, UnixDatagramServer, UnixStreamServer
 from prefork.threads import run_request
 from prefork.worker import WorkerProcess
+
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "BootError",
@@ -56,6 +59,7 @@ _SETTINGS = (
     "max_requests_jitter",
     "rolling_reload",
     "max_boot_failures",
+    "max_worker_memory",
     "proc_name",
 )
 
@@ -86,6 +90,9 @@ class PreforkMixIn:
     ``max_boot_failures``
         consecutive workers dying before they are ready after which the
         master stops and ``serve_forever()`` raises :class:`BootError`.
+    ``max_worker_memory``
+        bytes of resident memory past which a worker is gracefully replaced
+        (checked every second; 0 disables).
     ``proc_name``
         shown in process titles.
 
@@ -106,6 +113,7 @@ class PreforkMixIn:
     max_requests_jitter: int = 0
     rolling_reload: bool = False
     max_boot_failures: int = 10
+    max_worker_memory: int = 0
     proc_name: str | None = None
 
     _prefork_worker: Any = None
@@ -207,7 +215,21 @@ class PreforkMixIn:
         """Called in a worker as it exits."""
 
     def on_reload(self) -> None:
-        """Called in the master when a reload (``HUP``) starts a new generation."""
+        """Called in the master when a reload (``HUP``) starts, before the new generation."""
+
+    def workers_ready(self) -> None:
+        """Called in the master whenever every worker of the current generation is ready
+        (after start, a reload, scaling or a replacement) and no old one remains."""
+
+    def on_shutdown(self) -> None:
+        """Called in the master when a stop (graceful or fast) begins."""
+
+    def on_upgrade(self, master: Master) -> None:
+        """Called in the master on ``USR2``: start a new master (the command line does)."""
+        logger.warning("USR2 ignored: a zero-downtime upgrade needs the prefork command")
+
+    def master_service_actions(self) -> None:
+        """Called in the master on every turn of its loop (at least every ``poll_interval``)."""
 
 
 def _listen_backlog(cls: type) -> int:

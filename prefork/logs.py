@@ -26,3 +26,59 @@ def reopen_log_files() -> int:
         finally:
             handler.release()
     return len(handlers)
+
+
+LOG_FORMAT = "%(asctime)s [%(process)d] [%(levelname)s] %(name)s: %(message)s"
+
+
+def configure_logging(level: str, logfile: str | None, logconfig: str | None) -> None:
+    """Set up the root logger for the command: a dictConfig file, or one handler.
+
+    ``logfile`` of ``None`` or ``"-"`` logs to stderr.  Errors are
+    :class:`~prefork.errors.ConfigError` with one line.
+    """
+    import logging.config
+
+    from prefork.errors import ConfigError
+
+    if logconfig:
+        try:
+            logging.config.dictConfig(_read_dict_config(logconfig))
+        except (ValueError, TypeError, AttributeError, ImportError) as exc:
+            raise ConfigError(f"log config {logconfig}: {exc}") from None
+        return
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    handler: logging.Handler
+    if logfile is None or logfile == "-":
+        handler = logging.StreamHandler()
+    else:
+        try:
+            handler = logging.FileHandler(logfile)
+        except OSError as exc:
+            raise ConfigError(f"cannot open log file {logfile}: {exc.strerror}") from None
+    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    root.addHandler(handler)
+    root.setLevel(level.upper())
+
+
+def _read_dict_config(path: str) -> dict[str, object]:
+    import json
+
+    from prefork.config import tomllib
+    from prefork.errors import ConfigError
+
+    try:
+        with open(path, "rb") as file:
+            raw = file.read()
+    except OSError as exc:
+        raise ConfigError(f"cannot read log config {path}: {exc.strerror}") from None
+    try:
+        config = json.loads(raw) if path.endswith(".json") else tomllib.loads(raw.decode())
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"log config {path}: {exc}") from None
+    if not isinstance(config, dict):
+        raise ConfigError(f"log config {path}: expected a dictConfig table")
+    config.setdefault("version", 1)
+    return config

@@ -30,7 +30,10 @@ import selectors
 import signal
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
+
+import psutil
 
 from prefork.children import ChildProcesses, ExitedChild, fork_child
 from prefork.logs import reopen_log_files
@@ -53,11 +56,14 @@ MASTER_SIGNALS = (
     signal.SIGUSR1,
     signal.SIGWINCH,
     signal.SIGCHLD,
+    signal.SIGUSR2,
 )
 
 
 #: Seconds between the stack-dump signal and SIGKILL for a worker past its grace.
 _DUMP_GRACE = 0.3
+#: Seconds between checks of the workers' memory (``max_worker_memory``).
+_MEMORY_CHECK_INTERVAL = 1.0
 #: Longest wait between respawns of a worker that keeps failing to boot.
 _MAX_BACKOFF = 5.0
 
@@ -123,7 +129,13 @@ class Master:
             signal.SIGUSR1: self.reopen_logs,
             signal.SIGWINCH: self.stop_all_workers,
             signal.SIGCHLD: lambda: None,  # it only wakes the loop; reaping follows
+            signal.SIGUSR2: self.upgrade,
         }
+        #: Other children to reap (a re-executed master), with what to do when they exit.
+        self.adopted = ChildProcesses()
+        self._adopted_callbacks: dict[int, Callable[[ExitedChild], None]] = {}
+        self.settled = False
+        self._memory_checked_at = 0.0
 
     # -- the loop ---------------------------------------------------------------------------
 
@@ -156,18 +168,23 @@ class Master:
     def turn(self) -> None:
         """One turn of the loop: signals, notices, reaping, timeouts, worker count."""
         for sig in self.signals.pop_all():
-            logger.info("master: received %s", sig.name)
+            level = logging.DEBUG if sig == signal.SIGCHLD else logging.INFO
+            logger.log(level, "master: received %s", sig.name)
             self.signal_actions[sig]()
         if self.stop_requested and self.phase is Phase.RUNNING:
             self.stop_gracefully()
         self.read_notices()
         self.reap_workers()
+        self.reap_adopted()
         now = time.monotonic()
         self.kill_unresponsive_workers(now)
         if self.phase is Phase.RUNNING:
+            self.recycle_oversized_workers(now)
             self.maintain_worker_count()
+            self._report_settled()
         else:
             self.finish_stopping(now)
+        self.server.master_service_actions()
 
     def _select_timeout(self, poll_interval: float) -> float:
         timeout = poll_interval
@@ -194,6 +211,7 @@ class Master:
         """``HUP``: start a new generation; the old one stops as the new one gets ready."""
         if self.phase is not Phase.RUNNING:
             return
+        self.server.on_reload()  # may change settings, the worker count among them
         self.generation += 1
         self.target = self.server.configured_workers()
         self.boot_failures = 0
@@ -201,11 +219,11 @@ class Master:
         self.next_spawn_at = 0.0
         self.spawning_suspended = False
         logger.info("master: reloading, generation %d", self.generation)
-        self.server.on_reload()
 
     def stop_gracefully(self) -> None:
         """``TERM``: workers finish in-flight requests and the backlog, then exit."""
         if self.phase is Phase.RUNNING:
+            self.server.on_shutdown()
             self.phase = Phase.STOPPING_GRACEFULLY
             self.stop_deadline = time.monotonic() + float(self.server.graceful_timeout)
             for worker in list(self.workers.values()):
@@ -214,10 +232,17 @@ class Master:
     def stop_fast(self) -> None:
         """``INT``/``QUIT``: workers exit at once."""
         if self.phase is not Phase.STOPPING_FAST:
+            if self.phase is Phase.RUNNING:
+                self.server.on_shutdown()
             self.phase = Phase.STOPPING_FAST
             self.stop_deadline = time.monotonic() + min(float(self.server.graceful_timeout), 1.0)
             for worker in self.workers.values():
                 self._signal(worker, signal.SIGQUIT)
+
+    def upgrade(self) -> None:
+        """``USR2``: start a new master beside this one (see the server's ``on_upgrade``)."""
+        if self.phase is Phase.RUNNING:
+            self.server.on_upgrade(self)
 
     def add_worker(self) -> None:
         """``TTIN``: one worker more (up to what the scoreboard holds through a reload)."""
@@ -267,6 +292,7 @@ class Master:
                 self.last_boot_failure = detail
             elif kind == "C":
                 worker.recycle = True
+                worker.recycle_cause = Cause.MAX_REQUESTS
                 logger.info("master: %r served max_requests; replacing it", worker)
 
     def _worker_at(self, index: int) -> WorkerProcess | None:
@@ -304,7 +330,7 @@ class Master:
         self._close_master_resources()
         worker.pid = os.getpid()
         set_title("worker", self.server.proc_name)
-        self.server._prefork_worker = runner = Worker(
+        runner = Worker(
             self.server,
             worker,
             self.scoreboard.slot(worker.index),
@@ -405,6 +431,30 @@ class Master:
             for w in self.workers.values()
         )
 
+    def adopt_child(self, pid: int, on_exit: Callable[[ExitedChild], None]) -> None:
+        """Reap ``pid`` (not a worker) too, calling ``on_exit`` when it has exited."""
+        self.adopted.add(pid)
+        self._adopted_callbacks[pid] = on_exit
+
+    def reap_adopted(self) -> None:
+        """Reap adopted children that exited and tell whoever adopted them."""
+        for exited in self.adopted.reap():
+            callback = self._adopted_callbacks.pop(exited.pid, None)
+            if callback is not None:
+                callback(exited)
+
+    def _report_settled(self) -> None:
+        """Call ``workers_ready()`` each time the pool becomes complete and current."""
+        current = [w for w in self.workers.values() if not w.retiring]
+        settled = (
+            len(current) == self.target
+            and all(w.ready and w.generation == self.generation for w in current)
+            and not any(w.retiring for w in self.workers.values())
+        )
+        if settled and not self.settled:
+            self.server.workers_ready()
+        self.settled = settled
+
     # -- timeouts ---------------------------------------------------------------------------
 
     def kill_unresponsive_workers(self, now: float) -> None:
@@ -417,11 +467,35 @@ class Master:
                 self._enforce_deadline(worker, now)
                 continue
             slot = self.scoreboard.read(worker.index)
-            if slot.state is WorkerState.RECYCLE:
+            if slot.state is WorkerState.RECYCLE and not worker.recycle:
                 worker.recycle = True
+                worker.recycle_cause = Cause.MAX_REQUESTS
             stuck = _why_stuck(worker, slot, now, timeout)
             if stuck:
                 self.retire(worker, stuck, cause=Cause.TIMEOUT)
+
+    def recycle_oversized_workers(self, now: float) -> None:
+        """Gracefully replace workers whose resident memory passed ``max_worker_memory``."""
+        limit = int(getattr(self.server, "max_worker_memory", 0) or 0)
+        if not limit or now - self._memory_checked_at < _MEMORY_CHECK_INTERVAL:
+            return
+        self._memory_checked_at = now
+        for worker in list(self.workers.values()):
+            if not worker.ready or worker.retiring or worker.recycle:
+                continue
+            try:
+                rss = psutil.Process(worker.pid).memory_info().rss
+            except psutil.Error:
+                continue
+            if rss > limit:
+                logger.warning(
+                    "master: %r uses %d MiB, over max_worker_memory %d MiB; replacing it",
+                    worker,
+                    rss >> 20,
+                    limit >> 20,
+                )
+                worker.recycle = True
+                worker.recycle_cause = Cause.MEMORY
 
     def _enforce_deadline(self, worker: WorkerProcess, now: float) -> None:
         if worker.stop_deadline is None or now < worker.stop_deadline:
@@ -463,7 +537,9 @@ class Master:
         )
         ready = [w for w in fresh if w.ready]
         for worker in stale[: max(0, len(ready) + len(stale) - self.target)]:
-            cause = Cause.MAX_REQUESTS if worker.recycle else Cause.RELOAD
+            cause = Cause.RELOAD
+            if worker.recycle:
+                cause = worker.recycle_cause or Cause.MAX_REQUESTS
             self.retire(worker, f"replaced ({cause.value})", cause=cause)
         surplus = sorted(fresh, key=lambda w: w.spawned_at)[: max(0, len(fresh) - self.target)]
         for worker in surplus:

@@ -129,7 +129,8 @@ class Pidfile:
         """Remove the file if it still names this master; return whether it was removed.
 
         A file that names another pid belongs to the master that replaced it and is
-        kept.  Never raises for a file that is already gone.
+        kept.  Never raises: a file already gone is fine, and a failure (say, the
+        master dropped the privileges it wrote the file with) is logged.
         """
         if self.pid is None:
             return False
@@ -139,8 +140,11 @@ class Pidfile:
             os.unlink(self.path)
         except FileNotFoundError:
             return False
-        except (OSError, ConfigError) as exc:
-            logger.warning("cannot remove pidfile %s: %s", self.path, exc)
+        except OSError as exc:
+            logger.warning("cannot remove pidfile %s: %s", self.path, _reason(exc))
+            return False
+        except ConfigError as exc:  # unreadable
+            logger.warning("%s", exc)
             return False
         return True
 

@@ -84,6 +84,7 @@ class WorkerProcess:
         self.spawned_at = time.monotonic()
         self.ready = False
         self.recycle = False
+        self.recycle_cause: Any = None
         self.retiring = False
         self.stop_deadline: float | None = None
         self.dump_sent_at: float | None = None
@@ -133,6 +134,7 @@ class Worker:
         self.parks_http = {id(s): drives_http_connections(s) for s in self.servers}
         self.nodelay = {id(s): _is_tcp_stream(s.socket) for s in self.servers}
         for each in self.servers:
+            each._prefork_worker = self
             # Workers share the listening socket: whoever loses the race for a
             # connection or datagram must get EAGAIN, not block.
             each.socket.setblocking(False)

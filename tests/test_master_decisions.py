@@ -73,7 +73,8 @@ def make_server(**settings: Any) -> Any:
     defaults.update(settings)
     server = SimpleNamespace(**defaults)
     server.configured_workers = lambda: server.workers
-    server.on_reload = lambda: None
+    for hook in ("on_reload", "on_shutdown", "workers_ready", "master_service_actions"):
+        setattr(server, hook, lambda: None)
     return server
 
 

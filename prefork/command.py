@@ -1,0 +1,380 @@
+"""What ``prefork MODULE:OBJECT`` runs: the server built from settings, and its master's duties.
+
+:func:`build` turns validated settings into a :class:`~prefork.engine.PreforkMixIn`
+server with one sub-server per bind; :func:`serve` runs it with the pidfile,
+privileges, systemd notifications, config reload on ``HUP`` and the
+zero-downtime upgrade on ``USR2``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.server
+import json
+import logging
+import os
+import socket
+import sys
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import prefork
+from prefork import config, listeners, systemd
+from prefork.appload import AppKind, application_sources, classify, load_object, probe
+from prefork.children import ExitedChild, fork_child
+from prefork.engine import PreforkMixIn
+from prefork.errors import ConfigError
+from prefork.listeners import Bind
+from prefork.pidfile import Pidfile
+
+logger = logging.getLogger("prefork.command")
+
+#: Set in a re-executed master: the pid of the master it replaces.
+UPGRADED_FROM_ENV = "PREFORK_UPGRADED_FROM"
+
+#: Settings copied onto the server class (setting name -> engine attribute).
+ENGINE_ATTRIBUTES = {
+    "workers": "workers",
+    "threads": "threads",
+    "timeout": "worker_timeout",
+    "graceful_timeout": "graceful_timeout",
+    "keepalive": "keepalive_timeout",
+    "max_requests": "max_requests",
+    "max_requests_jitter": "max_requests_jitter",
+    "max_worker_memory": "max_worker_memory",
+    "rolling_reload": "rolling_reload",
+    "proc_name": "proc_name",
+}
+
+
+class _UnixHTTPServer(prefork.UnixStreamServer):
+    """``HTTPServer`` semantics on a Unix socket: handlers read ``client_address[0]``."""
+
+    server_name = "localhost"
+    server_port = 0
+
+    def get_request(self) -> tuple[Any, Any]:
+        connection, _ = self.socket.accept()
+        return connection, ("", 0)
+
+
+def _base_class(kind: AppKind, bind: Bind, sock: socket.socket, app: Any) -> type:
+    """The server class for one bind, given what the application is."""
+    stream = sock.type == socket.SOCK_STREAM
+    unix = sock.family == socket.AF_UNIX
+    if kind is AppKind.SERVER:
+        return app
+    if kind in (AppKind.WSGI, AppKind.HTTP_HANDLER):
+        if not stream:
+            raise ConfigError(f"bind {bind.text}: an HTTP application needs a stream socket")
+        if unix:
+            return _UnixHTTPServer
+        if kind is AppKind.WSGI:
+            from prefork.wsgi import WSGIServer
+
+            return WSGIServer
+        return http.server.HTTPServer
+    if stream:
+        return prefork.UnixStreamServer if unix else prefork.TCPServer
+    return prefork.UnixDatagramServer if unix else prefork.UDPServer
+
+
+class CommandServer(PreforkMixIn):
+    """The master side of ``prefork MODULE:OBJECT`` (mixed into each bind's server class)."""
+
+    publish_scoreboard = True
+    command: Command
+
+    def post_fork(self, worker: Any) -> None:
+        """Import the application in the new worker (unless it was preloaded)."""
+        self.command.install_application(fresh=True)
+
+    def when_ready(self) -> None:
+        self.command.when_ready()
+
+    def workers_ready(self) -> None:
+        self.command.workers_ready()
+
+    def on_reload(self) -> None:
+        self.command.reload_settings()
+
+    def on_shutdown(self) -> None:
+        systemd.stopping()
+
+    def on_upgrade(self, master: Any) -> None:
+        self.command.upgrade(master)
+
+    def master_service_actions(self) -> None:
+        self.command.watch_sources()
+
+
+class Command:
+    """Everything ``prefork MODULE:OBJECT`` holds while it runs."""
+
+    def __init__(
+        self,
+        app_reference: str,
+        settings: dict[str, Any],
+        command_line: Mapping[str, Any],
+        config_path: str | None,
+    ) -> None:
+        self.app_reference = app_reference
+        self.settings = settings
+        self.command_line = dict(command_line)
+        self.config_path = config_path
+        self.servers: list[Any] = []
+        self.pidfile: Pidfile | None = None
+        self.kind: AppKind | None = None
+        self.app: Any = None
+        self.upgrading_pid: int | None = None
+        self.sources: list[str] = []  # the application's own files, for --reload
+        self._source_mtimes: dict[str, float] = {}
+        self._sources_checked_at = 0.0
+
+    # -- building ---------------------------------------------------------------------------
+
+    def load_application(self) -> None:
+        """Find out what the application is (importing it here only with ``--preload``)."""
+        wsgi = bool(self.settings["wsgi"])
+        if self.settings["preload"]:
+            self.app = load_object(self.app_reference)
+            self.kind = classify(self.app, wsgi=wsgi, reference=self.app_reference)
+            self.sources = application_sources()
+            return
+        self.kind, self.sources = probe(self.app_reference, wsgi=wsgi)
+        if self.kind is AppKind.SERVER:
+            # A server class binds in the master: it has to be imported there.
+            self.app = load_object(self.app_reference)
+
+    def open_listeners(self) -> list[tuple[Bind, socket.socket]]:
+        """Bind every ``--bind`` (or adopt inherited and systemd sockets)."""
+        inherited = listeners.inherited_fds(os.environ)
+        systemd_fds = systemd.listen_fds()
+        texts = list(self.settings["bind"])
+        if systemd_fds and not self._bind_given():
+            texts = [f"fd://{fd}" for fd, _ in systemd_fds]
+        opened: list[tuple[Bind, socket.socket]] = []
+        try:
+            for text in texts:
+                bind = listeners.parse_bind(text)
+                sock = listeners.open_listener(
+                    bind,
+                    backlog=self.settings["backlog"],
+                    reuse_port=self.settings["reuse_port"],
+                    unix_mode=self.settings["unix_socket_mode"],
+                    inherited=inherited,
+                    systemd_fds=systemd_fds,
+                )
+                opened.append((bind, sock))
+        except BaseException:
+            for _, sock in opened:
+                sock.close()
+            raise
+        os.environ.pop(listeners.INHERIT_ENV, None)
+        return opened
+
+    def _bind_given(self) -> bool:
+        if "bind" in self.command_line or "PREFORK_BIND" in os.environ:
+            return True
+        path = config.find_config_file(
+            self.config_path or os.environ.get(config.CONFIG_ENV), Path.cwd()
+        )
+        return path is not None and "bind" in config.read_config_file(path)
+
+    def build_servers(self, opened: list[tuple[Bind, socket.socket]]) -> Any:
+        """One server per bind; the first runs the engine and serves the others' sockets."""
+        assert self.kind is not None
+        for bind, sock in opened:
+            base = _base_class(self.kind, bind, sock, self.app)
+            server = self._make_server(base, sock)
+            self.servers.append(server)
+        primary = self.servers[0]
+        primary.extra_servers = tuple(self.servers[1:])
+        if self.app is not None:
+            self.install_application(fresh=False)
+        return primary
+
+    def _make_server(self, base: type, sock: socket.socket) -> Any:
+        attributes: dict[str, Any] = {"command": self}
+        for setting, attribute in ENGINE_ATTRIBUTES.items():
+            attributes[attribute] = self.settings[setting]
+        attributes["request_queue_size"] = self.settings["backlog"]
+        cls = type(f"Prefork{base.__name__}", (CommandServer, base), attributes)
+        handler = prefork.BaseRequestHandler
+        try:
+            server = cls(sock.getsockname(), handler, bind_and_activate=False)
+        except TypeError:
+            server = cls(sock.getsockname(), bind_and_activate=False)
+        server.socket.close()
+        server.socket = sock
+        server.server_address = sock.getsockname()
+        if isinstance(server, http.server.HTTPServer) and isinstance(server.server_address, tuple):
+            host, port = server.server_address[:2]
+            server.server_name = socket.getfqdn(str(host))
+            server.server_port = port
+        if hasattr(server, "setup_environ") and hasattr(server, "server_name"):
+            server.setup_environ()
+        return server
+
+    def install_application(self, *, fresh: bool) -> None:
+        """Give every server the application (imported anew in a worker when ``fresh``)."""
+        if (fresh and self.settings["preload"]) or self.kind is AppKind.SERVER:
+            return
+        app = load_object(self.app_reference) if fresh else self.app
+        if self.kind is not AppKind.WSGI:
+            classify(app, wsgi=False, reference=self.app_reference)
+        for server in self.servers:
+            if self.kind is AppKind.WSGI:
+                server.set_app(app)
+            else:
+                server.RequestHandlerClass = app
+
+    # -- running ----------------------------------------------------------------------------
+
+    def when_ready(self) -> None:
+        """The master is about to fork: log where it listens."""
+        for server in self.servers:
+            logger.info("listening on %s", listeners.describe(server.socket))
+
+    def workers_ready(self) -> None:
+        """Tell systemd (and, after an upgrade, which pid is now the main one)."""
+        master = self.servers[0]
+        status = f"{master.configured_workers()} workers x {master.threads} threads"
+        if os.environ.get(UPGRADED_FROM_ENV):
+            systemd.mainpid(os.getpid())
+            os.environ.pop(UPGRADED_FROM_ENV, None)
+        systemd.ready(status)
+
+    def reload_settings(self) -> None:
+        """``HUP``: re-read the config file and apply what can change without a restart."""
+        systemd.reloading()
+        try:
+            fresh, _ = config.load(self.command_line, self.config_path)
+        except ConfigError as exc:
+            logger.error("reload: keeping the current settings: %s", exc)
+            return
+        from prefork.settings import BY_NAME
+
+        for name, value in fresh.items():
+            if value == self.settings[name]:
+                continue
+            if not BY_NAME[name].reloadable:
+                logger.warning("reload: %s changed; it takes effect on restart", name)
+                continue
+            self.settings[name] = value
+            logger.info("reload: %s = %r", name, value)
+        for server in self.servers:
+            for setting, attribute in ENGINE_ATTRIBUTES.items():
+                setattr(server, attribute, self.settings[setting])
+        logging.getLogger().setLevel(self.settings["loglevel"].upper())
+
+    def upgrade(self, master: Any) -> None:
+        """``USR2``: re-execute the command with the listening sockets inherited."""
+        if self.upgrading_pid is not None:
+            logger.warning("USR2 ignored: an upgrade (pid %d) is in progress", self.upgrading_pid)
+            return
+        if os.environ.get(UPGRADED_FROM_ENV):
+            logger.warning("USR2 ignored: this master has not finished replacing the old one")
+            return
+        fds = {listeners.describe(s.socket): s.socket.fileno() for s in self.servers}
+        by_bind = {text: fds[listeners.describe(s.socket)] for text, s in self._bind_texts()}
+        env = dict(os.environ)
+        env[listeners.INHERIT_ENV] = json.dumps(by_bind)
+        env[UPGRADED_FROM_ENV] = str(os.getpid())
+        argv = list(getattr(sys, "orig_argv", [sys.executable, *sys.argv]))
+
+        def exec_new_master() -> int:
+            for fd in by_bind.values():
+                os.set_inheritable(fd, True)
+            os.execve(sys.executable, [sys.executable, *argv[1:]], env)
+            return 1  # not reached
+
+        if self.pidfile is not None:
+            self.pidfile.rename(self.pidfile.path + ".oldbin")
+        pid = fork_child(exec_new_master)
+        self.upgrading_pid = pid
+        master.adopt_child(pid, self._upgrade_ended)
+        logger.info(
+            "upgrade: started a new master, pid %d; send TERM to this one (%d) once it serves",
+            pid,
+            os.getpid(),
+        )
+
+    def _bind_texts(self) -> list[tuple[str, Any]]:
+        texts = list(self.settings["bind"])
+        if len(texts) != len(self.servers):  # systemd sockets: name them by address
+            texts = [listeners.describe(s.socket) for s in self.servers]
+        return list(zip(texts, self.servers, strict=True))
+
+    def _upgrade_ended(self, exited: ExitedChild) -> None:
+        logger.error("upgrade: the new master (pid %d) exited: %s", exited.pid, exited.describe())
+        self.upgrading_pid = None
+        if self.pidfile is not None and self.pidfile.path.endswith(".oldbin"):
+            self.pidfile.rename(self.pidfile.path.removesuffix(".oldbin"))
+
+    def watch_sources(self) -> None:
+        """``--reload``: send ourselves HUP when a source file of the application changes."""
+        if not self.settings["reload"]:
+            return
+        now = time.monotonic()
+        if now - self._sources_checked_at < 1.0:
+            return
+        self._sources_checked_at = now
+        changed = False
+        for path in self.sources:
+            with contextlib.suppress(OSError):
+                mtime = os.stat(path).st_mtime
+                if self._source_mtimes.setdefault(path, mtime) != mtime:
+                    self._source_mtimes[path] = mtime
+                    changed = True
+        if changed:
+            logger.info("reload: source files changed")
+            os.kill(os.getpid(), __import__("signal").SIGHUP)
+
+    # -- the whole run ----------------------------------------------------------------------
+
+    def serve(self) -> int:
+        """Bind, write the pidfile, drop privileges, serve; the exit status."""
+        from prefork.engine import BootError
+
+        opened = self.open_listeners()
+        try:
+            primary = self.build_servers(opened)
+        except BaseException:
+            for _, sock in opened:
+                sock.close()
+            raise
+        try:
+            if self.settings["pidfile"]:
+                self.pidfile = Pidfile(self.settings["pidfile"])
+                self.pidfile.create(os.getpid())
+            self._drop_privileges()
+            primary.serve_forever()
+        except BootError as exc:
+            print(f"prefork: {exc}", file=sys.stderr)
+            return 3
+        finally:
+            primary.server_close()
+            if self.pidfile is not None:
+                self.pidfile.unlink()
+        return 0
+
+    def _drop_privileges(self) -> None:
+        from prefork.privileges import (
+            chown_unix_socket,
+            drop_privileges,
+            resolve_gid,
+            resolve_uid,
+        )
+
+        user, group = self.settings["user"], self.settings["group"]
+        if not user and not group:
+            return
+        uid = resolve_uid(user) if user else None
+        gid = resolve_gid(group) if group else None
+        for server in self.servers:
+            if server.socket.family == socket.AF_UNIX:
+                chown_unix_socket(server.socket.getsockname(), uid, gid)
+        drop_privileges(uid, gid)

@@ -1,0 +1,1 @@
+"""Tests of the ``prefork`` command: the real command in a subprocess."""
