@@ -46,6 +46,7 @@ ENGINE_ATTRIBUTES = {
     "max_worker_memory": "max_worker_memory",
     "rolling_reload": "rolling_reload",
     "proc_name": "proc_name",
+    "metrics_bind": "metrics_bind",
 }
 
 

@@ -33,6 +33,7 @@ import socket
 import threading
 from typing import Any
 
+from prefork.listeners import listen_backlog
 from prefork.master import BootError, Master
 from prefork.server import TCPServer, UDPServer, UnixDatagramServer, UnixStreamServer
 from prefork.threads import run_request
@@ -60,6 +61,7 @@ _SETTINGS = (
     "rolling_reload",
     "max_boot_failures",
     "max_worker_memory",
+    "metrics_bind",
     "proc_name",
 )
 
@@ -93,6 +95,9 @@ class PreforkMixIn:
     ``max_worker_memory``
         bytes of resident memory past which a worker is gracefully replaced
         (checked every second; 0 disables).
+    ``metrics_bind``
+        ``HOST:PORT`` or ``unix:PATH`` where the master serves Prometheus
+        metrics of the scoreboard (answered even when every worker is stuck).
     ``proc_name``
         shown in process titles.
 
@@ -114,6 +119,7 @@ class PreforkMixIn:
     rolling_reload: bool = False
     max_boot_failures: int = 10
     max_worker_memory: int = 0
+    metrics_bind: str | None = None
     proc_name: str | None = None
 
     _prefork_worker: Any = None
@@ -144,7 +150,7 @@ class PreforkMixIn:
         """Listen with a real backlog unless the class chose its own."""
         sock = self.socket  # type: ignore[attr-defined]
         if sock.type == socket.SOCK_STREAM:
-            sock.listen(_listen_backlog(type(self)))
+            sock.listen(listen_backlog(type(self)))
         else:
             super().server_activate()  # type: ignore[misc]
 
@@ -230,23 +236,6 @@ class PreforkMixIn:
 
     def master_service_actions(self) -> None:
         """Called in the master on every turn of its loop (at least every ``poll_interval``)."""
-
-
-def _listen_backlog(cls: type) -> int:
-    """``request_queue_size``, unless the value is the standard library's default of 5.
-
-    A backlog of 5 drops the SYNs of a burst and makes clients retry a second
-    later; the engine listens with ``SOMAXCONN`` unless a class chose a value.
-    """
-    import socketserver as stdlib_socketserver
-
-    for klass in cls.__mro__:
-        if "request_queue_size" in vars(klass):
-            chosen = vars(klass)["request_queue_size"]
-            if klass is stdlib_socketserver.TCPServer and chosen == 5:
-                return socket.SOMAXCONN
-            return int(chosen)
-    return socket.SOMAXCONN
 
 
 class PreforkTCPServer(PreforkMixIn, TCPServer):

@@ -242,3 +242,20 @@ def describe(sock: socket.socket) -> str:
     scheme = "tcp" if sock.type == socket.SOCK_STREAM else "udp"
     host = f"[{name[0]}]" if sock.family == socket.AF_INET6 else name[0]
     return f"{scheme}://{host}:{name[1]}"
+
+
+def listen_backlog(cls: type) -> int:
+    """``request_queue_size``, unless the value is the standard library's default of 5.
+
+    A backlog of 5 drops the SYNs of a burst and makes clients retry a second
+    later; the engine listens with ``SOMAXCONN`` unless a class chose a value.
+    """
+    import socketserver as stdlib_socketserver
+
+    for klass in cls.__mro__:
+        if "request_queue_size" in vars(klass):
+            chosen = vars(klass)["request_queue_size"]
+            if klass is stdlib_socketserver.TCPServer and chosen == 5:
+                return socket.SOMAXCONN
+            return int(chosen)
+    return socket.SOMAXCONN

@@ -136,6 +136,9 @@ class Master:
         self._adopted_callbacks: dict[int, Callable[[ExitedChild], None]] = {}
         self.settled = False
         self._memory_checked_at = 0.0
+        #: Requests served by workers that have exited (keeps the metrics' total monotonic).
+        self.retired_requests = 0
+        self.metrics = _metrics_endpoint(server, self)
 
     # -- the loop ---------------------------------------------------------------------------
 
@@ -145,6 +148,9 @@ class Master:
             set_title("master", self.server.proc_name)
         self.selector.register(self.waker, selectors.EVENT_READ, "waker")
         self.selector.register(self._notify_read, selectors.EVENT_READ, "notice")
+        if self.metrics is not None:
+            self.metrics.register(self.selector)
+            logger.info("master: metrics on %s", _describe_address(self.metrics.address))
         with SignalQueue(MASTER_SIGNALS, self.waker) as self.signals:
             self.server.when_ready()
             logger.info(
@@ -156,9 +162,13 @@ class Master:
             )
             self.maintain_worker_count()
             while self.phase is Phase.RUNNING or self.workers:
-                self.selector.select(self._select_timeout(poll_interval))
+                for key, events in self.selector.select(self._select_timeout(poll_interval)):
+                    if self.metrics is not None and key.data is self.metrics:
+                        self.metrics.handle(key, events)
                 self.waker.drain()
                 self.turn()
+                if self.metrics is not None:
+                    self.metrics.expire(time.monotonic())
         if self.gave_up:
             raise BootError(
                 f"workers failed to boot {self.boot_failures} times in a row"
@@ -196,6 +206,8 @@ class Master:
         deadlines = [w.stop_deadline for w in self.workers.values() if w.stop_deadline]
         if self.phase is Phase.STOPPING_FAST:
             deadlines.append(self.stop_deadline)
+        if self.metrics is not None and (deadline := self.metrics.next_deadline()) is not None:
+            deadlines.append(deadline)
         for deadline in deadlines:
             timeout = min(timeout, max(0.01, deadline - now))
         return max(0.0, timeout)
@@ -345,6 +357,8 @@ class Master:
 
     def _close_master_resources(self) -> None:
         """In a new worker: drop what only the master uses."""
+        if self.metrics is not None:
+            self.metrics.close_in_child()
         self.selector.close()
         self.waker.close()
         for fd in [self._notify_read, self._alive_write, *self._pidfds.values()]:
@@ -373,6 +387,7 @@ class Master:
             worker = self.workers.pop(exited.pid, None)
             if worker is None:
                 continue
+            self.retired_requests += self.scoreboard.read(worker.index).requests
             self.scoreboard.release(worker.index)
             self._log_exit(worker, exited)
             if worker.retiring or self.phase is not Phase.RUNNING:
@@ -579,6 +594,8 @@ class Master:
         for pid in list(self._pidfds):
             self._unwatch_exit(pid)
         if self._notify_read >= 0:
+            if self.metrics is not None:
+                self.metrics.close()
             self.selector.close()
             self.waker.close()
             for fd in (self._notify_read, self._notify_write, self._alive_read, self._alive_write):
@@ -607,3 +624,20 @@ def _why_stuck(worker: WorkerProcess, slot: SlotView, now: float, timeout: float
         return f"no heartbeat for {now - slot.heartbeat:.1f}s"
     longest = slot.longest_request(now)
     return f"a request has run for {longest:.1f}s" if longest > timeout else ""
+
+
+def _metrics_endpoint(server: Any, master: Master) -> Any:
+    """The Prometheus endpoint, when the server asks for one (``metrics_bind``)."""
+    address = getattr(server, "metrics_bind", None)
+    if not address:
+        return None
+    from prefork.metrics import MetricsEndpoint, master_renderer
+
+    return MetricsEndpoint(address, master_renderer(master), reuse_port=True)
+
+
+def _describe_address(address: Any) -> str:
+    if isinstance(address, tuple):
+        host = f"[{address[0]}]" if ":" in address[0] else address[0]
+        return f"http://{host}:{address[1]}/metrics"
+    return f"unix:{address}"

@@ -33,6 +33,7 @@ import time
 from typing import Any
 
 from prefork.keepalive import HTTPConnection, Outcome, drives_http_connections
+from prefork.listeners import listen_backlog
 from prefork.scoreboard import WorkerSlot, WorkerState
 from prefork.signals import SignalQueue
 from prefork.threads import ThreadPool
@@ -131,7 +132,7 @@ class Worker:
         # The server, and any further servers on other binds (the command line
         # builds one per --bind); the same pool serves them all.
         self.servers = [server, *getattr(server, "extra_servers", ())]
-        self.parks_http = {id(s): drives_http_connections(s) for s in self.servers}
+        self.parks_http: dict[int, bool] = {}
         self.nodelay = {id(s): _is_tcp_stream(s.socket) for s in self.servers}
         for each in self.servers:
             each._prefork_worker = self
@@ -148,6 +149,8 @@ class Worker:
             faulthandler.enable(file=sys.stderr, all_threads=True)
             faulthandler.register(STACKS_SIGNAL, file=sys.stderr, all_threads=True)
             self.server.post_fork(self.process)
+            # After post_fork: it may have installed the handler class.
+            self.parks_http = {id(s): drives_http_connections(s) for s in self.servers}
             self.pool = ThreadPool(self.threads, on_done=self.waker.wake, name="prefork-worker")
         except Exception as exc:
             logger.exception("worker %d failed to boot", self.process.index)
@@ -276,9 +279,15 @@ class Worker:
         self.listening = want
 
     def _accept(self, server: Any, *, drain_backlog: bool = False) -> None:
-        """Take requests while threads are idle, or every waiting one with ``drain_backlog``."""
+        """Take requests while threads are idle, or the waiting ones with ``drain_backlog``.
+
+        A drain takes at most a backlog's worth: under steady load new
+        connections keep arriving, and those are for the workers that stay.
+        """
         assert self.pool is not None
-        while drain_backlog or self.pool.idle > 0:
+        budget = _backlog_size(server) if drain_backlog else 0
+        while budget > 0 or self.pool.idle > 0:
+            budget -= 1
             try:
                 request, client_address = server.get_request()
             except (BlockingIOError, InterruptedError):
@@ -390,3 +399,8 @@ def _jittered_limit(max_requests: int, jitter: int) -> int:
 
 def _is_tcp_stream(sock: socket.socket) -> bool:
     return sock.type == socket.SOCK_STREAM and sock.family in (socket.AF_INET, socket.AF_INET6)
+
+
+def _backlog_size(server: Any) -> int:
+    """How many connections can wait in ``server``'s listen backlog."""
+    return min(listen_backlog(type(server)), socket.SOMAXCONN)

@@ -14,6 +14,7 @@ from .harness import CommandProcess
 APP = """
 import http.server
 import os
+import threading
 
 import prefork
 
@@ -27,8 +28,13 @@ class Hello(http.server.BaseHTTPRequestHandler):
         pass
 
     def do_GET(self):
+        if self.path == "/hang":
+            threading.Event().wait()
         worker = self.server._prefork_worker.process
-        body = f"{VERSION} {os.getpid()} {worker.generation}\\n".encode()
+        if self.path == "/pid":
+            body = f"{os.getpid()} {worker.generation}\\n".encode()
+        else:
+            body = f"{VERSION} {os.getpid()} {worker.generation}\\n".encode()
         self.send_response(200)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
