@@ -85,3 +85,36 @@ def test_echo_echoes_lines(example: tuple[subprocess.Popen[str], int]) -> None:
     assert received == b"hello\nworld\n"
     proc.send_signal(signal.SIGINT)
     assert proc.wait(TIMEOUT) == 0
+
+
+def test_readme_command_serves_the_hello_handler(tmp_path) -> None:
+    """``prefork -w 2 prefork.examples.hello:HelloHandler`` (the README's first command)."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "prefork", "-w", "2", "-b", "127.0.0.1:0",
+         "prefork.examples.hello:HelloHandler"],
+        cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        start_new_session=True,
+    )  # fmt: skip
+    try:
+        assert proc.stderr is not None
+        port = 0
+        for line in proc.stderr:
+            if match := re.search(r"listening on tcp://127\.0\.0\.1:(\d+)", line):
+                port = int(match.group(1))
+                break
+        assert port, "the command did not say where it listens"
+        master = psutil.Process(proc.pid)
+        wait_for(lambda: len(master.children()) == 2, message="2 workers")
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=TIMEOUT)
+        conn.request("GET", "/")
+        body = conn.getresponse().read().decode()
+        conn.close()
+        assert body.startswith("Hello, world! (worker pid ")
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(TIMEOUT) == 0
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(TIMEOUT)
+        if proc.stderr is not None:
+            proc.stderr.close()
