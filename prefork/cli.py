@@ -123,8 +123,8 @@ def run(namespace: argparse.Namespace) -> int:
         return 0
     if not app:
         raise ConfigError("no application given: prefork [OPTIONS] MODULE:OBJECT (see --help)")
+    os.umask(values["umask"])  # before any file is created, the log file included
     configure_logging(values["loglevel"], values["logfile"], values["logconfig"])
-    os.umask(values["umask"])
     command = Command(app, values, cli, config_path)
     command.load_application()
     if getattr(namespace, "check_config", False):

@@ -41,6 +41,8 @@ ENGINE_ATTRIBUTES = {
     "timeout": "worker_timeout",
     "graceful_timeout": "graceful_timeout",
     "keepalive": "keepalive_timeout",
+    "header_timeout": "header_timeout",
+    "io_timeout": "io_timeout",
     "max_requests": "max_requests",
     "max_requests_jitter": "max_requests_jitter",
     "max_worker_memory": "max_worker_memory",
@@ -102,7 +104,7 @@ class CommandServer(PreforkMixIn):
         self.command.reload_settings()
 
     def on_shutdown(self) -> None:
-        systemd.stopping()
+        self.command.shutting_down()
 
     def on_upgrade(self, master: Any) -> None:
         self.command.upgrade(master)
@@ -238,6 +240,12 @@ class Command:
         """The master is about to fork: log where it listens."""
         for server in self.servers:
             logger.info("listening on %s", listeners.describe(server.socket))
+        self._source_mtimes = _mtimes(self.sources)
+
+    def shutting_down(self) -> None:
+        """Tell systemd the service stops, unless a new master has taken over (USR2)."""
+        if self.upgrading_pid is None:
+            systemd.stopping()
 
     def workers_ready(self) -> None:
         """Tell systemd (and, after an upgrade, which pid is now the main one)."""
@@ -323,13 +331,9 @@ class Command:
         if now - self._sources_checked_at < 1.0:
             return
         self._sources_checked_at = now
-        changed = False
-        for path in self.sources:
-            with contextlib.suppress(OSError):
-                mtime = os.stat(path).st_mtime
-                if self._source_mtimes.setdefault(path, mtime) != mtime:
-                    self._source_mtimes[path] = mtime
-                    changed = True
+        mtimes = _mtimes(self.sources)
+        changed = mtimes != self._source_mtimes
+        self._source_mtimes = mtimes
         if changed:
             logger.info("reload: source files changed")
             os.kill(os.getpid(), __import__("signal").SIGHUP)
@@ -379,3 +383,12 @@ class Command:
             if server.socket.family == socket.AF_UNIX:
                 chown_unix_socket(server.socket.getsockname(), uid, gid)
         drop_privileges(uid, gid)
+
+
+def _mtimes(paths: list[str]) -> dict[str, float]:
+    """The modification time of each file that exists."""
+    found = {}
+    for path in paths:
+        with contextlib.suppress(OSError):
+            found[path] = os.stat(path).st_mtime
+    return found

@@ -56,6 +56,8 @@ _SETTINGS = (
     "worker_timeout",
     "graceful_timeout",
     "keepalive_timeout",
+    "header_timeout",
+    "io_timeout",
     "max_requests",
     "max_requests_jitter",
     "rolling_reload",
@@ -83,6 +85,13 @@ class PreforkMixIn:
         seconds a stopping worker gets to finish its requests.
     ``keepalive_timeout``
         seconds an idle HTTP keep-alive connection stays parked.
+    ``header_timeout``
+        seconds an HTTP request head may take to arrive once begun (a new
+        connection has as long to start one); then ``408``.
+    ``io_timeout``
+        socket timeout of HTTP connections while a thread serves them, for
+        handlers that set no ``timeout`` of their own: bounds how long a slow
+        client can hold a thread.
     ``max_requests``, ``max_requests_jitter``
         recycle a worker after this many requests (plus up to jitter more);
         0 disables.
@@ -114,6 +123,8 @@ class PreforkMixIn:
     worker_timeout: float = 30.0
     graceful_timeout: float = 30.0
     keepalive_timeout: float = 5.0
+    header_timeout: float = 30.0
+    io_timeout: float = 30.0
     max_requests: int = 0
     max_requests_jitter: int = 0
     rolling_reload: bool = False

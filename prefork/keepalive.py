@@ -1,19 +1,39 @@
-"""Keep-alive HTTP connections that do not hold a thread while idle.
+"""HTTP connections that hold a thread only while a request is being handled.
 
 ``BaseHTTPRequestHandler.handle()`` loops over ``handle_one_request()`` for
 the whole life of a connection, so a thread per connection would let a few
-idle keep-alive clients starve everyone else.  For handlers that keep the
-standard ``handle()``, the worker instead drives the documented
-``handle_one_request()`` itself, one request per job on a pool thread, and
-parks the connection in its selector between requests.
+idle keep-alive clients (or slow ones) starve everyone else.  For handlers
+that keep the standard ``handle()``, the worker instead:
+
+* gathers each request head in its selector, reading whatever bytes are there
+  without blocking, and hands the connection to a thread only once the head is
+  complete (Puma's reactor does the same; gunicorn asks for nginx in front).
+  A head that does not complete within ``header_timeout`` gets ``408``; one
+  larger than :data:`MAX_HEAD` gets ``431``;
+* calls the documented ``handle_one_request()`` on a pool thread, then parks
+  the connection in the selector again, for at most ``keepalive_timeout``.
+
+The handler reads through an ``rfile`` that first returns the bytes the
+selector gathered, then reads the socket; what it buffered but did not use (a
+pipelined request) is handed back, so nothing is read twice or lost.  Writes
+and body reads in the thread are bounded by the socket timeout (the handler's
+``timeout``, or the engine's ``io_timeout``): a client that reads its reply a
+byte a second holds one thread for at most that long.
 """
 
 from __future__ import annotations
 
 import contextlib
 import enum
-import time
+import io
+import os
+import socket
 from typing import Any
+
+#: The largest request head (request line and headers) gathered, in bytes.
+MAX_HEAD = 65536
+
+_HEAD_ENDS = (b"\r\n\r\n", b"\n\n")
 
 
 class Outcome(enum.Enum):
@@ -21,6 +41,15 @@ class Outcome(enum.Enum):
 
     PARK = "park"
     CLOSED = "closed"
+
+
+class Gathered(enum.Enum):
+    """What reading the bytes available on a parked connection found."""
+
+    WAITING = "waiting"  # no complete head yet
+    HEAD = "head"  # a complete request head is buffered
+    CLOSED = "closed"  # the client closed (or reset) the connection
+    TOO_LARGE = "too large"  # the head exceeds MAX_HEAD
 
 
 def drives_http_connections(server: Any) -> bool:
@@ -43,25 +72,102 @@ def drives_http_connections(server: Any) -> bool:
     return getattr(finish_request, "__qualname__", "") == "BaseServer.finish_request"
 
 
-class HTTPConnection:
-    """One HTTP connection: the handler is set up once, then serves request by request."""
+def head_complete(data: bytes | bytearray) -> bool:
+    """Whether ``data`` starts with a whole request head (or an HTTP/0.9 request line)."""
+    if any(end in data for end in _HEAD_ENDS):
+        return True
+    line, newline, _ = bytes(data[:MAX_HEAD]).partition(b"\n")
+    return bool(newline) and b" HTTP/" not in line and len(line.split()) == 2
 
-    def __init__(self, server: Any, sock: Any, client_address: Any) -> None:
+
+class _GatheredThenSocket(io.RawIOBase):
+    """A raw reader that returns the gathered bytes first, then reads the socket."""
+
+    def __init__(self, conn: HTTPConnection) -> None:
+        self._conn = conn
+        self.socket_reads = True
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int | None:
+        pending = self._conn.pending
+        if pending:
+            count = min(len(buffer), len(pending))
+            buffer[:count] = pending[:count]
+            del pending[:count]
+            return count
+        if not self.socket_reads:
+            return None  # handing buffered bytes back: never touch the socket
+        return self._conn.sock.recv_into(buffer)
+
+    def fileno(self) -> int:
+        return self._conn.sock.fileno()
+
+
+class HTTPConnection:
+    """One HTTP connection: gathered in the selector, served request by request."""
+
+    def __init__(self, server: Any, sock: socket.socket, client_address: Any) -> None:
         self.server = server
         self.sock = sock
         self.client_address = client_address
-        self.parked_since = time.monotonic()
+        self.pending = bytearray()
+        self.deadline = 0.0
+        self.got_first_byte = False
         self.handler: Any = None
+        self._raw: _GatheredThenSocket | None = None
 
     def fileno(self) -> int:
         """The connection's fd, so a selector can watch it while parked."""
         return self.sock.fileno()
 
-    def serve(self, *, last: bool = False) -> Outcome:
-        """Serve the requests that are ready on the connection; run on a pool thread.
+    # -- the worker's loop ------------------------------------------------------------------
 
-        Serves every request already buffered (pipelining) and returns
-        :attr:`Outcome.PARK` when the connection waits for its next request, or
+    def gather(self) -> Gathered:
+        """Read what the socket has without blocking; say whether a head is complete.
+
+        The socket must have a timeout (the worker gives every such connection
+        one), which makes its fd non-blocking; ``socket.recv`` would wait out
+        that timeout first, hence ``os.read``.
+        """
+        fd = self.sock.fileno()
+        try:
+            while len(self.pending) <= MAX_HEAD:
+                data = os.read(fd, 65536)
+                if not data:
+                    return Gathered.CLOSED
+                self.pending += data
+                if len(data) < 65536:
+                    break
+        except (BlockingIOError, InterruptedError):
+            pass
+        except OSError:
+            return Gathered.CLOSED
+        if head_complete(self.pending):
+            return Gathered.HEAD
+        if len(self.pending) > MAX_HEAD:
+            return Gathered.TOO_LARGE
+        return Gathered.WAITING
+
+    def reject(self, status: str) -> None:
+        """Answer ``status`` (e.g. ``"408 Request Timeout"``) without blocking, and close."""
+        body = f"{status}\n".encode()
+        reply = (
+            f"HTTP/1.1 {status}\r\nContent-Type: text/plain\r\nContent-Length: {len(body)}\r\n"
+            "Connection: close\r\n\r\n"
+        ).encode() + body
+        with contextlib.suppress(OSError):
+            self.sock.send(reply, socket.MSG_DONTWAIT)
+        self.close()
+
+    # -- a pool thread ----------------------------------------------------------------------
+
+    def serve(self, *, last: bool = False) -> Outcome:
+        """Serve the requests whose heads are complete; run on a pool thread.
+
+        Serves every complete request already buffered (pipelining) and returns
+        :attr:`Outcome.PARK` when the connection waits for more bytes, or
         :attr:`Outcome.CLOSED` once it has been finished and shut down.  With
         ``last`` the connection is closed after this request.
         """
@@ -79,8 +185,8 @@ class HTTPConnection:
                 if handler.close_connection or last:
                     self.close()
                     return Outcome.CLOSED
-                if not self._has_buffered_input():
-                    self.parked_since = time.monotonic()
+                self._take_back_buffered_input()
+                if not head_complete(self.pending):
                     return Outcome.PARK
         except Exception:
             self._finish_quietly()
@@ -100,18 +206,30 @@ class HTTPConnection:
         handler.server = self.server
         self.handler = handler
         handler.setup()
+        # Read through the gathered bytes first (see the module docstring).
+        self._raw = _GatheredThenSocket(self)
+        with contextlib.suppress(Exception):
+            handler.rfile.close()
+        buffer_size = getattr(handler, "rbufsize", -1)
+        if buffer_size == 0:
+            handler.rfile = self._raw
+        else:
+            size = buffer_size if buffer_size > 0 else io.DEFAULT_BUFFER_SIZE
+            handler.rfile = io.BufferedReader(self._raw, size)
 
-    def _has_buffered_input(self) -> bool:
-        """Whether the next request is already here (buffered or in the socket)."""
-        rfile = self.handler.rfile
-        timeout = self.sock.gettimeout()
-        self.sock.setblocking(False)
+    def _take_back_buffered_input(self) -> None:
+        """Move what the handler's rfile buffered but did not use back to ``pending``."""
+        rfile, raw = self.handler.rfile, self._raw
+        if raw is None or rfile is raw:
+            return
+        raw.socket_reads = False
         try:
-            return bool(rfile.peek(1))
-        except (BlockingIOError, OSError):
-            return False
+            buffered = rfile.peek(1)
+            leftover = rfile.read(len(buffered)) if buffered else b""
         finally:
-            self.sock.settimeout(timeout)
+            raw.socket_reads = True
+        if leftover:
+            self.pending[:0] = leftover
 
     def close(self) -> None:
         """Run the handler's ``finish()`` and shut the connection down."""

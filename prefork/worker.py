@@ -32,7 +32,7 @@ import sys
 import time
 from typing import Any
 
-from prefork.keepalive import HTTPConnection, Outcome, drives_http_connections
+from prefork.keepalive import Gathered, HTTPConnection, Outcome, drives_http_connections
 from prefork.listeners import listen_backlog
 from prefork.scoreboard import WorkerSlot, WorkerState
 from prefork.signals import SignalQueue
@@ -56,6 +56,9 @@ DUMP_SIGNAL = signal.SIGABRT
 
 #: Seconds a stopping worker keeps an idle keep-alive connection open for a last request.
 _DRAIN_IDLE_GRACE = 1.0
+
+#: Seconds between scans of the parked connections for expired deadlines.
+_EXPIRY_CHECK = 0.1
 
 _ACCEPT_ERRORS_TO_BACK_OFF = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
 
@@ -115,7 +118,9 @@ class Worker:
         self.threads = int(server.threads)
         self.graceful_timeout = float(server.graceful_timeout)
         self.keepalive_timeout = float(server.keepalive_timeout)
-        self.idle_limit = self.keepalive_timeout
+        self.header_timeout = float(server.header_timeout)
+        self.io_timeout = float(server.io_timeout)
+        self.next_expiry_check = 0.0
         self.max_requests = _jittered_limit(server.max_requests, server.max_requests_jitter)
         timeout = float(server.worker_timeout)
         self.tick = max(0.05, min(1.0, timeout / 4))
@@ -210,8 +215,7 @@ class Worker:
     def _select_timeout(self) -> float:
         timeout = self.tick
         if self.parked:
-            oldest = min(conn.parked_since for conn in self.parked.values())
-            timeout = min(timeout, max(0.0, oldest + self.idle_limit - time.monotonic()))
+            timeout = min(timeout, max(0.0, self.next_expiry_check - time.monotonic()))
         if self.stop is Stop.GRACEFUL:
             timeout = min(timeout, max(0.0, self.stop_deadline - time.monotonic()))
         return timeout
@@ -241,7 +245,10 @@ class Worker:
         # Idle keep-alive connections get a moment to send one last request,
         # answered with "this connection closes", rather than a close that
         # races with a request already on its way.
-        self.idle_limit = min(self.keepalive_timeout, _DRAIN_IDLE_GRACE)
+        grace = time.monotonic() + _DRAIN_IDLE_GRACE
+        for conn in self.parked.values():
+            conn.deadline = min(conn.deadline, grace)
+        self.next_expiry_check = 0.0
 
     def _drained(self) -> bool:
         assert self.pool is not None
@@ -330,7 +337,13 @@ class Worker:
             # Nagle's algorithm the second waits for a delayed ACK (40 ms).
             request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if self.parks_http[id(server)]:
-            self._submit_connection(HTTPConnection(server, request, client_address))
+            # A timeout bounds a slow client's hold on a thread, and makes the fd
+            # non-blocking for gathering heads in this loop.
+            handler_timeout = getattr(server.RequestHandlerClass, "timeout", None)
+            request.settimeout(self.io_timeout if handler_timeout is None else handler_timeout)
+            conn = HTTPConnection(server, request, client_address)
+            conn.deadline = time.monotonic() + self.header_timeout
+            self._gathered(conn, conn.gather(), parked=False)
         else:
             self.pool.submit(lambda: server.process_request_thread(request, client_address))
 
@@ -346,24 +359,68 @@ class Worker:
         self.pool.submit(serve)
 
     def _park_returned_connections(self) -> None:
+        """Park the connections pool threads handed back, waiting for their next request."""
+        now = time.monotonic()
         while self.to_park:
             conn = self.to_park.popleft()
-            self.parked[conn.fileno()] = conn
-            self.selector.register(conn, selectors.EVENT_READ, conn)
+            conn.got_first_byte = bool(conn.pending)
+            limit = self.header_timeout if conn.pending else self.keepalive_timeout
+            if self.stop is not None:
+                limit = min(limit, _DRAIN_IDLE_GRACE)
+            conn.deadline = now + limit
+            self._park(conn)
+
+    def _park(self, conn: HTTPConnection) -> None:
+        self.parked[conn.fileno()] = conn
+        self.selector.register(conn, selectors.EVENT_READ, conn)
+        self.next_expiry_check = min(self.next_expiry_check or conn.deadline, conn.deadline)
 
     def _resume(self, conn: HTTPConnection) -> None:
-        self._unpark(conn)
-        self._submit_connection(conn)
+        """A parked connection is readable: gather what arrived."""
+        self._gathered(conn, conn.gather(), parked=True)
+
+    def _gathered(self, conn: HTTPConnection, state: Gathered, *, parked: bool) -> None:
+        """Act on what gathering found: serve a complete head, keep waiting, or close."""
+        if state is Gathered.WAITING:
+            if conn.pending and not conn.got_first_byte:
+                # The head has begun: from now on it has header_timeout to complete.
+                conn.got_first_byte = True
+                conn.deadline = min(conn.deadline, time.monotonic() + self.header_timeout)
+            if not parked:
+                self._park(conn)
+            return
+        if parked:
+            self._unpark(conn)
+        if state is Gathered.HEAD:
+            self._submit_connection(conn)
+        elif state is Gathered.TOO_LARGE:
+            conn.reject("431 Request Header Fields Too Large")
+        else:
+            conn.close()
 
     def _unpark(self, conn: HTTPConnection) -> None:
         self.selector.unregister(conn)
         del self.parked[conn.fileno()]
 
     def _expire_parked(self, now: float) -> None:
+        """Close idle keep-alive connections and time out heads that never completed.
+
+        Checked at most every :data:`_EXPIRY_CHECK` seconds, so that a worker
+        with many parked connections does not scan them all on every request.
+        """
+        if not self.parked or now < self.next_expiry_check:
+            return
+        next_check = now + _EXPIRY_CHECK
         for conn in list(self.parked.values()):
-            if now - conn.parked_since >= self.idle_limit:
+            if now >= conn.deadline:
                 self._unpark(conn)
-                conn.close()
+                if conn.pending:
+                    conn.reject("408 Request Timeout")
+                else:
+                    conn.close()
+            else:
+                next_check = min(next_check, conn.deadline)
+        self.next_expiry_check = max(next_check, now + _EXPIRY_CHECK)
 
     # -- reporting ----------------------------------------------------------------------------
 

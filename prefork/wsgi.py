@@ -23,7 +23,7 @@ What it does, in short:
   most ``max_line`` (8190) bytes (else 414), at most ``max_headers`` (100)
   header fields (else 431), each header line at most ``max_line`` bytes (else
   431); a malformed request gets 400 (505 for an HTTP major version other than
-  1, 501 for a transfer coding other than chunked) and the connection closes;
+  1, 501 for transfer codings besides chunked) and the connection closes;
 * keep-alive by default for HTTP/1.1 (unless ``Connection: close``), for
   HTTP/1.0 only with ``Connection: keep-alive``; pipelined requests are served
   in order;
@@ -35,7 +35,11 @@ What it does, in short:
   target as sent;
 * ``wsgi.input`` is bounded to the request body (Content-Length or chunked,
   decoded transparently, trailers read and discarded) and sends
-  ``100 Continue`` when the application first reads it, if the client asked;
+  ``100 Continue`` when the application first reads it, if the client asked
+  (a client still waiting for it when the response is sent is closed after
+  it).  It raises :class:`ClientDisconnectedError` if the client closes before
+  the end of its body, and :class:`ChunkedBodyError` for a malformed chunked
+  body (answered with 400 if the application lets it through);
 * response framing: a Content-Length given by the application is honoured (no
   more is sent; if less is, the connection closes); a body returned as a list
   or tuple gets a Content-Length; otherwise HTTP/1.1 clients get chunked
@@ -60,6 +64,9 @@ malformed are logged at debug level too.
 The access log is off: ``log_message()`` writes (to standard error, as the
 standard library does) only when the server's ``access_log`` attribute is
 true.
+
+Socket operations wait at most the handler's ``timeout`` (under the prefork
+engine, its ``io_timeout`` when the handler sets none).
 """
 
 from __future__ import annotations
@@ -104,6 +111,9 @@ SERVER_SOFTWARE = "prefork"
 
 _SMALL_BODY = 64 * 1024
 """A body up to this size is copied after the head into a single ``sendall``."""
+
+_READ_BLOCK = 1024 * 1024
+"""Request bodies are read at most this many bytes per call."""
 
 _MSG_MORE = getattr(socket, "MSG_MORE", 0)
 
@@ -165,6 +175,28 @@ def _environ_key(name: bytes) -> str:
     if len(_ENVIRON_KEYS) < _MAX_CACHED:
         _ENVIRON_KEYS[name] = key
     return key
+
+
+# header line as sent -> (environ key, value); most lines repeat from request to request
+_HEADER_LINES: dict[bytes, tuple[str, str]] = {}
+_MAX_CACHED_LINE = 256
+
+
+def _parse_header_line(line: bytes) -> tuple[str, str]:
+    """``(environ key, value)`` of a header line; the key is ``""`` for a name to drop."""
+    name, colon, value = line.partition(b":")
+    if not colon:
+        raise _RequestError(400, "header line without a colon")
+    key = _environ_key(name)
+    value = value.strip(b" \t")
+    if b"\r" in value or b"\0" in value:
+        raise _RequestError(400, "invalid header value")
+    parsed = (key, value.decode("latin-1"))
+    if len(line) <= _MAX_CACHED_LINE:
+        if len(_HEADER_LINES) >= _MAX_CACHED:
+            _HEADER_LINES.clear()  # clients choose the lines: start again rather than grow
+        _HEADER_LINES[line] = parsed
+    return parsed
 
 
 def _unquote_path(path: bytes) -> str:
@@ -326,8 +358,20 @@ class _Input:
             callback()
 
     def _read_raw(self, size: int) -> bytes:
+        """``size`` bytes (fewer at EOF).  Large sizes are read a block at a time:
+        ``BufferedReader.read(n)`` would allocate ``n`` bytes up front, and the
+        client chooses ``n``."""
         try:
-            return self.rfile.read(size)
+            if size <= _READ_BLOCK:
+                return self.rfile.read(size)
+            parts = []
+            while size > 0:
+                data = self.rfile.read(min(size, _READ_BLOCK))
+                if not data:
+                    break
+                parts.append(data)
+                size -= len(data)
+            return b"".join(parts)
         except OSError:
             self.gone = True
             raise
@@ -481,11 +525,10 @@ class _ChunkedInput(_Input):
             return False
         try:
             while self.left or self._next_chunk():
-                n = min(self.left, limit)
-                if n <= 0:
+                if self.left > limit:
                     return False
-                self._take(n)
-                limit -= n
+                limit -= self.left
+                self._take(self.left)
         except (OSError, ValueError):
             return False
         return True
@@ -718,10 +761,29 @@ class WSGIRequestHandler(http.server.BaseHTTPRequestHandler):
         if environ is not None:
             self._serve(environ)
 
-    def _read_request(self) -> dict[str, Any] | None:
-        """Parse the request line and headers into an environ; ``None`` at end of input."""
-        readline = self.rfile.readline
-        limit = self.max_line + 3  # the line, CRLF, and one byte more to detect excess
+    def _read_head(self) -> list[bytes] | None:
+        """The request line and header lines, without line endings; ``None`` at EOF.
+
+        Fast path: the whole head is already in the read buffer (the usual
+        case), and is taken and split in one go.  Otherwise it is read line by
+        line, each line bounded.
+        """
+        rfile: Any = self.rfile
+        max_line = self.max_line
+        peek = getattr(rfile, "peek", None)  # absent if rbufsize is 0
+        buffered = peek(1) if peek is not None else b""
+        end = buffered.find(b"\r\n\r\n", 0, max_line)
+        if end > 0 and not buffered.startswith(b"\r\n"):
+            head = buffered[:end]
+            if head.count(b"\n") == head.count(b"\r\n"):  # no bare LF line endings
+                rfile.read(end + 4)
+                lines = head.split(b"\r\n")
+                if len(lines) > self.max_headers + 1:
+                    raise _RequestError(431, "too many header fields")
+                return lines
+
+        readline = rfile.readline
+        limit = max_line + 3  # the line, CRLF, and one byte more to detect excess
         line = readline(limit)
         if line in _LINE_ENDS:
             line = readline(limit)  # RFC 9112 2.2: ignore an empty line before a request
@@ -729,8 +791,29 @@ class WSGIRequestHandler(http.server.BaseHTTPRequestHandler):
             raise _RequestError(414, "request line too long")
         if not line.endswith(b"\n"):
             return None  # closed (perhaps mid-line): there is nothing to answer
-        self.raw_requestline = line
-        request_line = line[:-2] if line.endswith(b"\r\n") else line[:-1]
+        lines = [line[:-2] if line.endswith(b"\r\n") else line[:-1]]
+        max_headers = self.max_headers
+        while True:
+            line = readline(limit)
+            if line in _LINE_ENDS:
+                return lines
+            if len(line) >= limit:
+                raise _RequestError(431, "header line too long")
+            if not line.endswith(b"\n"):
+                return None  # closed in the middle of the head
+            if len(lines) > max_headers:
+                raise _RequestError(431, "too many header fields")
+            lines.append(line[:-2] if line.endswith(b"\r\n") else line[:-1])
+
+    def _read_request(self) -> dict[str, Any] | None:
+        """Read and parse a request head into an environ; ``None`` at end of input."""
+        lines = self._read_head()
+        if lines is None:
+            return None
+        request_line = lines[0]
+        self.raw_requestline = request_line
+        if len(request_line) > self.max_line:
+            raise _RequestError(414, "request line too long")
         parts = request_line.split(b" ")
         if len(parts) != 3 or _CONTROL.search(request_line):
             raise _RequestError(400, "malformed request line")
@@ -774,29 +857,14 @@ class WSGIRequestHandler(http.server.BaseHTTPRequestHandler):
         environ["SERVER_PROTOCOL"] = protocol
         environ["wsgi.errors"] = sys.stderr
 
-        count = 0
-        max_headers = self.max_headers
-        while True:
-            line = readline(limit)
-            if line in _LINE_ENDS:
-                break
-            if len(line) >= limit:
-                raise _RequestError(431, "header line too long")
-            if not line.endswith(b"\n"):
-                return None  # closed in the middle of the head
-            count += 1
-            if count > max_headers:
-                raise _RequestError(431, "too many header fields")
-            name, colon, value = line.partition(b":")
-            if not colon:
-                raise _RequestError(400, "header line without a colon")
-            key = _environ_key(name)
-            value = value.strip(b" \t\r\n")
-            if b"\r" in value or b"\0" in value:
-                raise _RequestError(400, "invalid header value")
+        cached = _HEADER_LINES.get
+        for line in lines[1:]:
+            parsed = cached(line)
+            if parsed is None:
+                parsed = _parse_header_line(line)
+            key, text = parsed
             if not key:
                 continue  # a name with an underscore
-            text = value.decode("latin-1")
             if key in environ:
                 environ[key] = f"{environ[key]},{text}"
             else:
@@ -838,10 +906,18 @@ class WSGIRequestHandler(http.server.BaseHTTPRequestHandler):
         self._continue_sent = False
 
         connection = environ.get("HTTP_CONNECTION")
-        if http11:
-            keep_alive = connection is None or not _has_token(connection, "close")
+        if connection is None:
+            keep_alive = http11
         else:
-            keep_alive = connection is not None and _has_token(connection, "keep-alive")
+            connection = connection.lower()
+            if connection == "keep-alive":
+                keep_alive = True
+            elif connection == "close":
+                keep_alive = False
+            elif http11:
+                keep_alive = not _has_token(connection, "close")
+            else:
+                keep_alive = _has_token(connection, "keep-alive")
         http11_response = self.protocol_version >= "HTTP/1.1"
         self._keep_alive = keep_alive and http11_response
         self._chunk_ok = http11 and http11_response
@@ -879,7 +955,7 @@ class WSGIRequestHandler(http.server.BaseHTTPRequestHandler):
             body.on_first_read = None  # it refers to this handler
         self.close_connection = not self._keep_alive
         if getattr(self.server, "access_log", False):
-            self.requestline = self.raw_requestline.rstrip(b"\r\n").decode("latin-1")
+            self.requestline = self.raw_requestline.decode("latin-1")
             self.log_request(self._code if self._status else 500, self._sent)
 
     def _failed(self, exc: Exception) -> None:
@@ -929,7 +1005,7 @@ class WSGIRequestHandler(http.server.BaseHTTPRequestHandler):
         self._discard_received()
         if getattr(self.server, "access_log", False):
             line = getattr(self, "raw_requestline", b"")[:200]
-            self.requestline = line.rstrip(b"\r\n").decode("latin-1")
+            self.requestline = line.decode("latin-1")
             self.log_request(status, len(body))
 
     def _discard_received(self) -> None:

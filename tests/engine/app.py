@@ -78,6 +78,14 @@ class AppHTTPHandler(http.server.BaseHTTPRequestHandler):
         elif url.path == "/burn":
             logger.warning("request /burn: burning CPU holding the GIL")
             burn_holding_the_gil()
+        elif url.path == "/big":
+            size = int(query.get("n", ["8388608"])[0])
+            logger.info("request /big: sending %d bytes", size)
+            self.send_response(200)
+            self.send_header("Content-Length", str(size))
+            self.end_headers()
+            self.wfile.write(b"x" * size)
+            return
         elif url.path == "/boom":
             logger.warning("request /boom: raising")
             raise RuntimeError("boom (test)")
@@ -150,6 +158,8 @@ def build_server(options: argparse.Namespace) -> Any:
         "worker_timeout": options.worker_timeout,
         "graceful_timeout": options.graceful_timeout,
         "keepalive_timeout": options.keepalive_timeout,
+        "header_timeout": options.header_timeout,
+        "io_timeout": options.io_timeout,
         "max_requests": options.max_requests,
         "max_requests_jitter": options.max_requests_jitter,
         "rolling_reload": options.rolling,
@@ -199,6 +209,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--worker-timeout", type=float, default=30.0)
     parser.add_argument("--graceful-timeout", type=float, default=10.0)
     parser.add_argument("--keepalive-timeout", type=float, default=5.0)
+    parser.add_argument("--header-timeout", type=float, default=30.0)
+    parser.add_argument("--io-timeout", type=float, default=30.0)
     parser.add_argument("--max-requests", type=int, default=0)
     parser.add_argument("--max-requests-jitter", type=int, default=0)
     parser.add_argument("--max-boot-failures", type=int, default=10)
