@@ -72,13 +72,13 @@ def _base_class(kind: AppKind, bind: Bind, sock: socket.socket, app: Any) -> typ
     if kind in (AppKind.WSGI, AppKind.HTTP_HANDLER):
         if not stream:
             raise ConfigError(f"bind {bind.text}: an HTTP application needs a stream socket")
-        if unix:
-            return _UnixHTTPServer
         if kind is AppKind.WSGI:
             from prefork.wsgi import WSGIServer
 
+            if unix:
+                return type("UnixWSGIServer", (_UnixHTTPServer, WSGIServer), {})
             return WSGIServer
-        return http.server.HTTPServer
+        return _UnixHTTPServer if unix else http.server.HTTPServer
     if stream:
         return prefork.UnixStreamServer if unix else prefork.TCPServer
     return prefork.UnixDatagramServer if unix else prefork.UDPServer
@@ -205,7 +205,11 @@ class Command:
             attributes[attribute] = self.settings[setting]
         attributes["request_queue_size"] = self.settings["backlog"]
         cls = type(f"Prefork{base.__name__}", (CommandServer, base), attributes)
-        handler = prefork.BaseRequestHandler
+        handler: type = prefork.BaseRequestHandler  # replaced once the application is loaded
+        if self.kind is AppKind.WSGI:
+            from prefork.wsgi import WSGIRequestHandler
+
+            handler = WSGIRequestHandler
         try:
             server = cls(sock.getsockname(), handler, bind_and_activate=False)
         except TypeError:

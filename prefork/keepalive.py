@@ -199,13 +199,21 @@ class HTTPConnection:
             raise
 
     def _set_up(self) -> None:
+        """Construct the handler as the server would, but without its ``handle()`` loop.
+
+        The class's own ``__init__`` runs (``SimpleHTTPRequestHandler`` sets its
+        ``directory`` there) and calls ``setup()``; ``handle`` and ``finish``
+        are shadowed for that call only, since this connection serves one
+        request at a time and finishes when it closes.
+        """
         handler_class = self.server.RequestHandlerClass
         handler = handler_class.__new__(handler_class)
-        handler.request = self.sock
-        handler.client_address = self.client_address
-        handler.server = self.server
+        handler.handle = handler.finish = _do_nothing
+        try:
+            handler.__init__(self.sock, self.client_address, self.server)
+        finally:
+            del handler.handle, handler.finish
         self.handler = handler
-        handler.setup()
         # Read through the gathered bytes first (see the module docstring).
         self._raw = _GatheredThenSocket(self)
         with contextlib.suppress(Exception):
@@ -245,3 +253,7 @@ class HTTPConnection:
     def _finish_quietly(self) -> None:
         with contextlib.suppress(Exception):
             self._finish()
+
+
+def _do_nothing() -> None:
+    """Stands in for ``handle()`` and ``finish()`` while the handler is constructed."""

@@ -236,3 +236,22 @@ def test_usr1_reopens_the_log_file(start_command, app_dir: Path) -> None:
         wait_until(lambda: "workers 2" in log.read_text(), 20, "the master's next line")
     finally:
         server.close()
+
+
+def test_simple_http_request_handler_serves_the_directory(start_command, app_dir: Path) -> None:
+    """``prefork http.server:SimpleHTTPRequestHandler`` serves the working directory."""
+    (app_dir / "page.txt").write_text("static content\n")
+    server = start_command("-w", 1, "-b", "127.0.0.1:0", "http.server:SimpleHTTPRequestHandler")
+    assert http_get(server.address, "/page.txt") == "static content\n"
+
+
+def test_preload_imports_once_so_hup_keeps_the_code(start_command, app_dir: Path) -> None:
+    server = start_command("-w", 1, "--preload", "-b", "127.0.0.1:0", "myapp:Hello")
+    server.wait_for_line(READY)
+    source = app_dir / "myapp.py"
+    source.write_text(source.read_text().replace('VERSION = "v1"', 'VERSION = "v2"'))
+    server.send(signal.SIGHUP)
+    new_worker = server.wait_for_line(READY, count=2)[1]
+    assert new_worker["gen"] == "2"
+    wait_until(lambda: http_get(server.address, "/").split()[2] == "2", 20, "generation 2")
+    assert http_get(server.address, "/").startswith("v1 ")
