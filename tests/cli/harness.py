@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -33,27 +32,16 @@ class CommandProcess(ServerProcess):
         self.address = tcp_address(self.addresses[0])
         return self
 
-    def launch(self, **popen: Any) -> CommandProcess:
-        """Start the command without waiting for anything."""
-        env = dict(os.environ, PYTHONUNBUFFERED="1", **self.extra_env)
-        env.pop("PREFORK_CONFIG", None)
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "prefork", *self.args],
-            cwd=self.cwd,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            start_new_session=True,
-            env=env,
-            **popen,
-        )
-        for stream, pipe in (("out", self.proc.stdout), ("err", self.proc.stderr)):
-            reader = threading.Thread(
-                target=self._read, args=(stream, pipe), name=f"{self.name}-{stream}", daemon=True
-            )
-            reader.start()
-            self.readers.append(reader)
-        return self
+    def argv(self) -> list[str]:
+        """``python -m prefork ARGS``."""
+        return [sys.executable, "-m", "prefork", *self.args]
+
+    def launch(
+        self, cwd: Any = None, env: dict[str, str | None] | None = None, **popen: Any
+    ) -> None:
+        """Start the command in ``self.cwd`` without waiting for anything."""
+        variables: dict[str, str | None] = {"PREFORK_CONFIG": None, **self.extra_env}
+        super().launch(cwd=cwd or self.cwd, env={**variables, **(env or {})}, **popen)
 
 
 def tcp_address(text: str) -> Any:

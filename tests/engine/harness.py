@@ -121,14 +121,40 @@ class ServerProcess:
 
     def start(self, timeout: float = DEADLINE) -> ServerProcess:
         """Start the app and wait until it printed the address it is bound to."""
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        self.launch()
+        match = self.wait_for_line(r"^LISTENING (\S+)(?: (\d+))?$", stream="out", timeout=timeout)[
+            0
+        ]
+        host, port = match.groups()
+        self.address = (host, int(port)) if port else host
+        return self
+
+    def argv(self) -> list[str]:
+        """The command line that starts the server."""
+        return [sys.executable, str(APP), *self.args]
+
+    def launch(
+        self, cwd: Any = None, env: dict[str, str | None] | None = None, **popen: Any
+    ) -> None:
+        """Start the process in its own session and follow its output; do not wait.
+
+        ``env`` adds variables to this process's environment (``None`` removes one).
+        """
+        full_env = dict(os.environ, PYTHONUNBUFFERED="1")
+        for name, value in (env or {}).items():
+            if value is None:
+                full_env.pop(name, None)
+            else:
+                full_env[name] = value
         self.proc = subprocess.Popen(
-            [sys.executable, str(APP), *self.args],
+            self.argv(),
+            cwd=cwd,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             start_new_session=True,
-            env=env,
+            env=full_env,
+            **popen,
         )
         for stream, pipe in (("out", self.proc.stdout), ("err", self.proc.stderr)):
             reader = threading.Thread(
@@ -136,12 +162,6 @@ class ServerProcess:
             )
             reader.start()
             self.readers.append(reader)
-        match = self.wait_for_line(r"^LISTENING (\S+)(?: (\d+))?$", stream="out", timeout=timeout)[
-            0
-        ]
-        host, port = match.groups()
-        self.address = (host, int(port)) if port else host
-        return self
 
     def _read(self, stream: str, pipe: Any) -> None:
         for raw in iter(pipe.readline, b""):
