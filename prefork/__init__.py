@@ -5,14 +5,8 @@ module: the same server classes, mixins and request handlers, with the same
 hooks.  See the README for the engine built on them.
 """
 
-from prefork.engine import (
-    BootError,
-    PreforkMixIn,
-    PreforkTCPServer,
-    PreforkUDPServer,
-    PreforkUnixDatagramServer,
-    PreforkUnixStreamServer,
-)
+from typing import TYPE_CHECKING
+
 from prefork.handlers import BaseRequestHandler, DatagramRequestHandler, StreamRequestHandler
 from prefork.mixins import (
     ForkingMixIn,
@@ -28,7 +22,40 @@ from prefork.mixins import (
 )
 from prefork.server import BaseServer, TCPServer, UDPServer, UnixDatagramServer, UnixStreamServer
 
+if TYPE_CHECKING:
+    from prefork.engine import (
+        BootError,
+        PreforkMixIn,
+        PreforkTCPServer,
+        PreforkUDPServer,
+        PreforkUnixDatagramServer,
+        PreforkUnixStreamServer,
+    )
+
 __version__ = "0.1.0"
+
+# The engine (master, workers, psutil...) loads on first use: a plain
+# ``import prefork as socketserver`` stays as light as the standard library's,
+# which keeps fork-per-request servers fast.
+_ENGINE_NAMES = frozenset(
+    {
+        "BootError",
+        "PreforkMixIn",
+        "PreforkTCPServer",
+        "PreforkUDPServer",
+        "PreforkUnixDatagramServer",
+        "PreforkUnixStreamServer",
+    }
+)
+
+
+def __getattr__(name: str) -> object:
+    if name in _ENGINE_NAMES:
+        from prefork import engine
+
+        return getattr(engine, name)
+    raise AttributeError(f"module 'prefork' has no attribute {name!r}")
+
 
 __all__ = [
     "BaseRequestHandler",

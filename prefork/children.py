@@ -17,15 +17,19 @@ import selectors
 import signal
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
 
 
-@dataclass(frozen=True)
 class ExitedChild:
     """A reaped child: its pid and raw wait status (``None`` if reaped elsewhere)."""
 
-    pid: int
-    status: int | None
+    __slots__ = ("pid", "status")
+
+    def __init__(self, pid: int, status: int | None) -> None:
+        self.pid = pid
+        self.status = status
+
+    def __repr__(self) -> str:
+        return f"ExitedChild(pid={self.pid}, status={self.status})"
 
     @property
     def exitcode(self) -> int | None:

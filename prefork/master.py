@@ -348,6 +348,7 @@ class Master:
             self.scoreboard.slot(worker.index),
             master_alive_fd=self._alive_read,
             notify_fd=self._notify_write,
+            scoreboard=self.scoreboard,
         )
         try:
             return runner.run()

@@ -25,6 +25,7 @@ import errno
 import faulthandler
 import logging
 import os
+import select
 import selectors
 import signal
 import socket
@@ -34,7 +35,7 @@ from typing import Any
 
 from prefork.keepalive import Gathered, HTTPConnection, Outcome, drives_http_connections
 from prefork.listeners import listen_backlog
-from prefork.scoreboard import WorkerSlot, WorkerState
+from prefork.scoreboard import Scoreboard, WorkerSlot, WorkerState
 from prefork.signals import SignalQueue
 from prefork.threads import ThreadPool
 from prefork.wakeup import Waker
@@ -56,6 +57,11 @@ DUMP_SIGNAL = signal.SIGABRT
 
 #: Seconds a stopping worker keeps an idle keep-alive connection open for a last request.
 _DRAIN_IDLE_GRACE = 1.0
+
+#: Seconds between a saturated worker's looks at the scoreboard (see _take_overflow).
+_OVERFLOW_WAIT = 0.01
+#: Connections a saturated worker takes at once when they were left waiting.
+_ACCEPT_BATCH = 16
 
 #: Seconds between scans of the parked connections for expired deadlines.
 _EXPIRY_CHECK = 0.1
@@ -109,12 +115,14 @@ class Worker:
         *,
         master_alive_fd: int | None,
         notify_fd: int | None,
+        scoreboard: Scoreboard | None = None,
     ) -> None:
         self.server = server
         self.process = process
         self.slot = slot
         self.master_alive_fd = master_alive_fd
         self.notify_fd = notify_fd
+        self.scoreboard = scoreboard  # every worker's slot, to see who has idle threads
         self.threads = int(server.threads)
         self.graceful_timeout = float(server.graceful_timeout)
         self.keepalive_timeout = float(server.keepalive_timeout)
@@ -131,7 +139,8 @@ class Worker:
         self.to_park: collections.deque[HTTPConnection] = collections.deque()
         self.stop: Stop | None = None
         self.stop_deadline = 0.0
-        self.listening = False
+        self.listening: set[int] = set()  # ids of the servers whose sockets are registered
+        self.next_overflow_check = 0.0
         self.accept_paused_until = 0.0
         self.accept_backoff = 0.0
         # The server, and any further servers on other binds (the command line
@@ -197,6 +206,7 @@ class Worker:
                 return ExitCode.OK
             self._park_returned_connections()
             now = time.monotonic()
+            self._take_overflow(now)
             self._expire_parked(now)
             self._heartbeat()
             if not asked_to_recycle and 0 < self.max_requests <= self._completed():
@@ -218,6 +228,8 @@ class Worker:
             timeout = min(timeout, max(0.0, self.next_expiry_check - time.monotonic()))
         if self.stop is Stop.GRACEFUL:
             timeout = min(timeout, max(0.0, self.stop_deadline - time.monotonic()))
+        elif self.pool is not None and self.pool.idle == 0 and any(self.parks_http.values()):
+            timeout = min(timeout, max(0.0, self.next_overflow_check - time.monotonic()))
         return timeout
 
     # -- signals ------------------------------------------------------------------------------
@@ -267,32 +279,63 @@ class Worker:
     # -- accepting ----------------------------------------------------------------------------
 
     def _update_listening(self) -> None:
+        """Listen while a thread is idle (backpressure)."""
         assert self.pool is not None
-        want = (
-            self.stop is None
-            and self.pool.idle > 0
-            and time.monotonic() >= self.accept_paused_until
-        )
-        self._set_listening(want)
+        want = self.stop is None and self.pool.idle > 0
+        self._set_listening(want and time.monotonic() >= self.accept_paused_until)
 
-    def _set_listening(self, want: bool) -> None:
-        if want == self.listening:
+    def _take_overflow(self, now: float) -> None:
+        """While every worker is saturated, take the connections waiting in the backlog.
+
+        Backpressure leaves a new connection to a worker with an idle thread.
+        When every worker is saturated by requests on its keep-alive
+        connections, nobody would ever be idle and new connections would starve
+        in the backlog.  So every :data:`_OVERFLOW_WAIT` seconds a saturated
+        worker reads the scoreboard: if no other worker has an idle thread, it
+        takes what waits.  For an HTTP server that parks, a connection costs no
+        thread until its head is complete; its request then queues behind the
+        ones already waiting, in arrival order.
+        """
+        assert self.pool is not None
+        if self.stop is not None or self.pool.idle > 0 or now < self.next_overflow_check:
+            return
+        self.next_overflow_check = now + _OVERFLOW_WAIT
+        if self.scoreboard is None or self._another_worker_is_idle():
             return
         for server in self.servers:
-            if want:
-                self.selector.register(server, selectors.EVENT_READ, server)
-            else:
-                self.selector.unregister(server)
-        self.listening = want
+            if self.parks_http.get(id(server)) and select.select([server], [], [], 0)[0]:
+                self._accept(server, batch=_ACCEPT_BATCH)
 
-    def _accept(self, server: Any, *, drain_backlog: bool = False) -> None:
+    def _another_worker_is_idle(self) -> bool:
+        assert self.scoreboard is not None
+        me = os.getpid()
+        return any(
+            view.pid != me and view.state is WorkerState.READY and view.busy < view.threads
+            for view in self.scoreboard.snapshot()
+        )
+
+    def _set_listening(self, want: bool) -> None:
+        for server in self.servers:
+            self._listen(server, want)
+
+    def _listen(self, server: Any, want: bool) -> None:
+        if want == (id(server) in self.listening):
+            return
+        if want:
+            self.selector.register(server, selectors.EVENT_READ, server)
+            self.listening.add(id(server))
+        else:
+            self.selector.unregister(server)
+            self.listening.discard(id(server))
+
+    def _accept(self, server: Any, *, drain_backlog: bool = False, batch: int = 0) -> None:
         """Take requests while threads are idle, or the waiting ones with ``drain_backlog``.
 
         A drain takes at most a backlog's worth: under steady load new
         connections keep arriving, and those are for the workers that stay.
         """
         assert self.pool is not None
-        budget = _backlog_size(server) if drain_backlog else 0
+        budget = _backlog_size(server) if drain_backlog else batch
         while budget > 0 or self.pool.idle > 0:
             budget -= 1
             try:
