@@ -46,18 +46,23 @@ def _bars(summary: dict[str, Any], key: str, path: Path, xlabel: str, scale: flo
         items = _ok(summary, group)[::-1]
         values = [(c.get(key) or 0) * scale for c in items]
         names = [c["name"] for c in items]
-        bars = ax.barh(names, values, color=[_color(n) for n in names])
+        ax.barh(names, values, color=[_color(n) for n in names])
         if key == "rps":
             lows = [v - c["rps_min"] for v, c in zip(values, items, strict=True)]
             highs = [c["rps_max"] - v for v, c in zip(values, items, strict=True)]
             ax.errorbar(values, names, xerr=[lows, highs], fmt="none", ecolor="black", lw=0.8)
-        ax.bar_label(bars, labels=[f"{v:,.0f}" if key == "rps" else f"{v:.2f}" for v in values],
-                     padding=3, fontsize=7)  # fmt: skip
+        for y, (value, item) in enumerate(zip(values, items, strict=True)):
+            right = max(value, item["rps_max"]) if key == "rps" else value
+            text = f" {value:,.0f}" if key == "rps" else f" {value:.2f}"
+            ax.text(right, y, text, va="center", fontsize=7)
         ax.set_title(GROUPS[group], fontsize=9, loc="left")
         ax.tick_params(labelsize=8)
-        ax.margins(x=0.15)
+        ax.margins(x=0.18)
         if key == "p99":
             ax.set_xscale("log")
+            positive = [v for v in values if v > 0]
+            if positive:  # bars start well left of the smallest, so lengths compare
+                ax.set_xlim(left=min(positive) / 5)
     axes[-1, 0].set_xlabel(xlabel)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

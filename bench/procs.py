@@ -70,7 +70,8 @@ def probe(load: str, port: int, timeout: float = 1.0) -> str | None:
             while (end := http_response_end(buf)) is None:
                 chunk = sock.recv(65536)
                 if not chunk:
-                    return f"connection closed after {buf[:60]!r}"
+                    got = f"after {bytes(buf[:60])!r}" if buf else "without a response"
+                    return f"connection closed {got}"
                 buf += chunk
             status = end[1]
             return None if status == 200 else f"HTTP status {status}: {buf[:60]!r}"
@@ -149,16 +150,14 @@ class Server:
         while time.monotonic() < deadline:
             if self.popen.poll() is not None:
                 raise StartError(
-                    f"exited with status {self.popen.returncode}: {log_tail(self.log)}"
+                    f"exited with status {self.popen.returncode}\n{log_tail(self.log)}"
                 )
             why = probe(self.load, self.port) or ""
             if not why:
                 break
             time.sleep(0.05)
         else:
-            raise StartError(
-                f"not ready after {ready_deadline:.0f}s ({why}): {log_tail(self.log)}"
-            )
+            raise StartError(f"not ready after {ready_deadline:.0f}s: {why}\n{log_tail(self.log)}")
         # Multi-process servers: give every worker the chance to boot before the load.
         while expected_workers and time.monotonic() < deadline:
             if len(self.workers()) >= expected_workers:
@@ -176,10 +175,10 @@ class Server:
                     return int(match.group(1))
             if self.popen.poll() is not None:
                 raise StartError(
-                    f"exited with status {self.popen.returncode}: {log_tail(self.log)}"
+                    f"exited with status {self.popen.returncode}\n{log_tail(self.log)}"
                 )
             time.sleep(0.02)
-        raise StartError(f"never printed its port: {log_tail(self.log)}")
+        raise StartError(f"never printed its port\n{log_tail(self.log)}")
 
     def address_in_use(self) -> bool:
         """Whether the log says the bind failed because the port was taken."""

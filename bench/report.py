@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import statistics
 from collections.abc import Callable
+from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
@@ -77,6 +78,7 @@ def summarise(results: dict[str, Any]) -> dict[str, Any]:
                 requests=sum(row["requests"] for row in rows),
                 server_cpu=_median([row["server_cpu"] for row in rows]),
                 loadgen_cpu=_median([row["loadgen_cpu"] for row in rows]),
+                other_cpu=_median([row.get("other_cpu") for row in rows]),
                 uss_idle=_median([row["uss_idle"] for row in rows]),
                 uss_loaded=_median([row["uss_loaded"] for row in rows]),
                 uss_total=_median([row["uss_total"] for row in rows]),
@@ -96,7 +98,7 @@ def summarise(results: dict[str, Any]) -> dict[str, Any]:
     return {
         "meta": results["meta"],
         "cases": cases,
-        "targets": targets(by_run, cases),
+        "targets": targets(by_run),
     }
 
 
@@ -149,14 +151,11 @@ TARGETS: list[dict[str, Any]] = [
 ]  # fmt: skip
 
 
-def targets(
-    by_run: dict[str, dict[int, dict[str, Any]]], cases: dict[str, Any]
-) -> list[dict[str, Any]]:
+def targets(by_run: dict[str, dict[int, dict[str, Any]]]) -> list[dict[str, Any]]:
     """Each target of the issue with the measured ratio and whether it is met (not asserted)."""
     out = []
     for target in TARGETS:
-        metric = target["metric"]
-        ratio = _per_run(by_run, target["case"], target["peers"], lambda row, m=metric: row[m])
+        ratio = _per_run(by_run, target["case"], target["peers"], itemgetter(target["metric"]))
         met = None
         if ratio is not None:
             met = ratio >= target["goal"] if target["op"] == ">=" else ratio <= target["goal"]
@@ -180,14 +179,14 @@ def _errors(item: dict[str, Any]) -> str:
 
 def _case_row(item: dict[str, Any]) -> str:
     if item["status"] != "ok":
-        why = item["reason"].splitlines()[0] if item["reason"] else item["status"]
+        why = _short(item["reason"]) or item["status"]
         return f"| `{item['name']}` | {item['label']} | {item['status']}: {_cell(why)} |" + (
-            " |" * 8
+            " |" * 7
         )
     ratio = item.get("ratio")
     base = item.get("baseline")
     vs = f"{ratio:.2f}x `{base}`" if ratio is not None else "-"
-    cpu = item.get("server_cpu")
+    cpu, loadgen_cpu = item.get("server_cpu"), item.get("loadgen_cpu")
     cells = [
         f"`{item['name']}`",
         item["label"],
@@ -197,10 +196,18 @@ def _case_row(item: dict[str, Any]) -> str:
         ms(item["p50"]),
         ms(item["p99"]),
         _errors(item),
-        "-" if cpu is None else f"{cpu * 100:.0f}%",
+        "-" if cpu is None else f"{cpu * 100:.0f}% / {(loadgen_cpu or 0) * 100:.0f}%",
         f"{mib(item['uss_idle'])} / {mib(item['uss_loaded'])} ({item['nworkers']})",
     ]
     return "| " + " | ".join(cells) + " |"
+
+
+def _short(reason: str) -> str:
+    """The first line of a failure, with the last line of the server's log if there is one."""
+    lines = [line for line in reason.splitlines() if line.strip()]
+    if not lines:
+        return ""
+    return lines[0] + (f" (last log line: {lines[-1].strip()[:160]})" if len(lines) > 1 else "")
 
 
 def _cell(text: str) -> str:
@@ -209,7 +216,7 @@ def _cell(text: str) -> str:
 
 TABLE_HEAD = (
     "| case | server | req/s (median) | range | vs baseline | p50 ms | p99 ms | errors "
-    "| server CPU | USS/worker MiB idle / loaded (workers) |\n"
+    "| CPU server / load gen | USS/worker MiB idle / loaded (workers) |\n"
     "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|"
 )
 
@@ -253,10 +260,11 @@ def render(
         )
         + "; connection-per-request and TCP/UDP echo load: the Python load generator "
         f"({meta['loadgen_procs']} processes, one epoll loop each, one request in flight per "
-        "connection). Server CPU is the CPU time of the server's processes (master and "
-        "workers) over the load, in percent of one core; USS is the unique memory of each "
-        "worker process (of the process itself for single-process servers), idle = after "
-        "start, before any load.",
+        "connection). CPU is the CPU time of the server's processes (master and "
+        "workers), and of the load generator, over the load, in percent of one core; USS "
+        "is the unique memory of each worker process (of the process itself for "
+        "single-process servers), idle = after start, before any load; a forking server's "
+        "pages shared with live children are not unique, so its loaded USS can be lower.",
         "",
         "The load generator runs on the same machine and takes its share of the CPU: the "
         "numbers compare servers with each other on this machine, not absolute capacity.",
@@ -265,7 +273,8 @@ def render(
         "",
         f"- CPU: {meta['cpu']}, {meta['cores']} cores, {meta['memory']} memory; {meta['kernel']}",
         f"- load average at start {_loadavg(meta.get('loadavg_start'))}, at end "
-        f"{_loadavg(meta.get('loadavg_end'))}; whole run {meta.get('elapsed', 0):.0f} s",
+        f"{_loadavg(meta.get('loadavg_end'))}; whole run {meta.get('elapsed', 0):.0f} s"
+        + _other_load(cases),
         "- versions: "
         + ", ".join(f"{k} {v}" for k, v in versions.items() if v)
         + (
@@ -314,7 +323,7 @@ def render(
     if skipped:
         for item in skipped:
             reasons = [item["reason"]] if item["status"] != "ok" else item["failures"]
-            text = "; ".join(r.splitlines()[0] if r else item["status"] for r in reasons)
+            text = "; ".join(_short(r) or item["status"] for r in reasons)
             lines.append(f"- `{item['name']}` ({item['status']}): {_cell(text)}")
     else:
         lines.append("None.")
@@ -352,6 +361,17 @@ def _idle_memory(cases: dict[str, Any]) -> list[str]:
             f"{mib(c['uss_loaded'])} | {mib(c['uss_total'])} |"
         )
     return [*lines, ""]
+
+
+def _other_load(cases: dict[str, Any]) -> str:
+    """How much CPU the rest of the machine took while the cases were measured."""
+    values = [c["other_cpu"] for c in cases.values() if c.get("other_cpu") is not None]
+    if not values:
+        return ""
+    return (
+        f"; CPU taken by other processes during the measurements: median "
+        f"{statistics.median(values) * 100:.0f}% of a core, up to {max(values) * 100:.0f}%"
+    )
 
 
 def _loadavg(value: Any) -> str:

@@ -30,6 +30,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import psutil
+
 if not __package__:  # ``python bench/run.py``: make the ``bench`` package importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -276,10 +278,12 @@ class Harness:
                 self.load(case, server.port, self.args.warmup)
             before = procs.cpu_seconds(server.remember())
             ru_before = resource.getrusage(resource.RUSAGE_CHILDREN)
+            machine_before = _busy_cpu_seconds()
             started = time.monotonic()
             result, load_cmd = self.load(case, server.port, self.args.duration)
             wall = time.monotonic() - started
             ru_after = resource.getrusage(resource.RUSAGE_CHILDREN)
+            machine_after = _busy_cpu_seconds()
             after = procs.cpu_seconds(server.remember())
             workers = server.workers()
             loaded = [procs.uss(p) for p in workers]
@@ -289,10 +293,15 @@ class Harness:
         loadgen_cpu = (ru_after.ru_utime + ru_after.ru_stime) - (
             ru_before.ru_utime + ru_before.ru_stime
         )
+        server_cpu = (after - before) / wall
         return {
             **result,
-            "server_cpu": (after - before) / wall,
+            "server_cpu": server_cpu,
             "loadgen_cpu": loadgen_cpu / wall,
+            # Everything else the machine ran meanwhile (other users, this harness).
+            "other_cpu": max(
+                0.0, (machine_after - machine_before) / wall - server_cpu - loadgen_cpu / wall
+            ),
             "uss_idle": _mean([u for u in idle if u]),
             "uss_loaded": _mean([u for u in loaded if u]),
             "uss_total": sum(u for u in total_uss if u),
@@ -303,13 +312,23 @@ class Harness:
         }
 
 
+def _busy_cpu_seconds() -> float:
+    """CPU time the whole machine has spent busy (every core, every process) so far."""
+    times = psutil.cpu_times()
+    total = sum(times) - getattr(times, "guest", 0.0) - getattr(times, "guest_nice", 0.0)
+    return total - times.idle - getattr(times, "iowait", 0.0)
+
+
 def _mean(values: list[int]) -> float | None:
     return statistics.fmean(values) if values else None
 
 
 def _shown(cmd: list[str]) -> str:
-    """A command line as the report shows it: this venv's Python as ``python``."""
-    return shlex.join(["python" if part == sys.executable else part for part in cmd])
+    """A command line as the report shows it: this venv's Python as ``python``, its scripts
+    (``uwsgi``) by name."""
+    scripts = str(Path(sys.executable).parent) + os.sep
+    shown = ["python" if part == sys.executable else part.removeprefix(scripts) for part in cmd]
+    return shlex.join(shown)
 
 
 def _shown_str(cmd: str) -> str:
