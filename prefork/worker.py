@@ -226,6 +226,9 @@ class Worker:
         timeout = self.tick
         if self.parked:
             timeout = min(timeout, max(0.0, self.next_expiry_check - time.monotonic()))
+        paused_for = self.accept_paused_until - time.monotonic()
+        if paused_for > 0:
+            timeout = min(timeout, paused_for)  # wake to listen again when the pause ends
         if self.stop is Stop.GRACEFUL:
             timeout = min(timeout, max(0.0, self.stop_deadline - time.monotonic()))
         elif self.pool is not None and self.pool.idle == 0 and any(self.parks_http.values()):

@@ -1,0 +1,134 @@
+"""Slowloris and silent connections against an http.server handler: throughput with and
+without them."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import statistics
+import threading
+import time
+
+import pytest
+from engine.harness import READY, LoadGenerator, http_get, wait_until
+
+SLOWLORIS = 50
+SILENT = 50
+TRICKLE_SECONDS = 5
+WINDOW = 1.0
+HEAD = b"GET /pid HTTP/1.1\r\nHost: slowloris\r\nX-Slow: " + b"a" * 64 + b"\r\n\r\n"
+
+
+def measure(address: tuple[str, int], duration: float) -> tuple[float, LoadGenerator]:
+    """A load run bounded to ``duration`` seconds: (requests per second, the run)."""
+    load = LoadGenerator(
+        address, keepalive_clients=4, fresh_clients=4, max_duration=duration, max_requests=200_000
+    ).start()
+    try:
+        wait_until(
+            lambda: not any(thread.is_alive() for thread in load.threads),
+            duration + 20,
+            "the bounded load run to end",
+        )
+        elapsed = time.monotonic() - load.started_at
+    finally:
+        load.stop()
+    print(f"{duration:g}s run: {load.report()}")
+    return load.successes / elapsed, load
+
+
+class Trickle:
+    """Sends each slowloris connection one more byte of its head every second."""
+
+    def __init__(self, socks: list[socket.socket], seconds: int) -> None:
+        self.socks = socks
+        self.seconds = seconds
+        self.stopping = threading.Event()
+        self.sent = 0
+        self.errors: list[str] = []
+        self.thread = threading.Thread(target=self._run, name="slowloris", daemon=True)
+
+    def _run(self) -> None:
+        started = time.monotonic()
+        for tick in range(self.seconds):
+            for sock in self.socks:
+                try:
+                    sock.send(HEAD[tick : tick + 1])
+                    self.sent += 1
+                except OSError as exc:
+                    self.errors.append(f"{type(exc).__name__}: {exc}")
+            # The pace of the fault itself (a byte a second), not a synchronisation.
+            if self.stopping.wait(max(0.0, started + tick + 1 - time.monotonic())):
+                return
+
+    def __enter__(self) -> Trickle:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stopping.set()
+        self.thread.join(10)
+        assert not self.thread.is_alive()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_slowloris_and_silent_connections_leave_full_speed_to_everyone_else(
+    start_server, figures
+) -> None:
+    server = start_server("--kind", "http", "--workers", 2, "--threads", 4,
+                          "--header-timeout", 30)  # fmt: skip
+    server.wait_for_line(READY, count=2)
+    workers = server.wait_for_workers(2)
+    # Several short runs each way, compared by their medians: one run slowed down by
+    # something else on a shared machine does not decide the figure.
+    before = [measure(server.address, WINDOW) for _ in range(2)]
+
+    slow: list[socket.socket] = []
+    try:
+        for _ in range(SLOWLORIS + SILENT):
+            slow.append(socket.create_connection(server.address, timeout=10))
+        with Trickle(slow[:SLOWLORIS], TRICKLE_SECONDS) as trickle:
+            during = [measure(server.address, WINDOW) for _ in range(TRICKLE_SECONDS - 1)]
+            trickled = trickle.sent
+        # None of the slow connections was closed by the server: they are parked, not refused.
+        for sock in slow:
+            sock.setblocking(False)
+            with pytest.raises(BlockingIOError):
+                sock.recv(1)
+    finally:
+        for sock in slow:
+            with contextlib.suppress(OSError):
+                sock.close()
+    after = [measure(server.address, WINDOW) for _ in range(2)]
+    assert server.worker_pids() == workers
+    assert http_get(server.address)
+
+    runs = [load for _, load in before + during + after]
+    without = [rate for rate, _ in before + after]
+    baseline = statistics.median(without)
+    with_slow = statistics.median(rate for rate, _ in during)
+    ratio = with_slow / baseline
+    figures.fault = (
+        f"{SLOWLORIS} slowloris connections (a head byte a second for {TRICKLE_SECONDS} s) and"
+        f" {SILENT} silent ones"
+    )
+    figures.load = "8 HTTP clients (4 keep-alive, 4 fresh), 1 s load runs, 2 workers x 4 threads"
+    for load in runs:
+        figures.count_load(load)
+    figures.recovery = (
+        f"none needed: {with_slow:.0f} req/s with them vs {baseline:.0f} req/s without"
+        f" ({ratio:.0%})"
+    )
+    figures.bound = "0 failed; with-slow throughput > 50% of without (medians)"
+    figures.note(
+        "req/s of the 1 s runs without slow clients: "
+        + ", ".join(f"{rate:.0f}" for rate in without)
+        + "; with them: "
+        + ", ".join(f"{rate:.0f}" for rate, _ in during)
+        + f"; {trickled} slowloris bytes sent"
+    )
+    assert not trickle.errors, trickle.errors[:5]
+    for load in runs:
+        assert not load.failures, load.report()
+    assert ratio > 0.5, (without, [rate for rate, _ in during])
