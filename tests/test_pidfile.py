@@ -10,17 +10,16 @@ import contextlib
 import logging
 import os
 import pwd
-import select
 import stat
 import subprocess
 import sys
 import time
-import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 from support import TIMEOUT, short_tmpdir
+from support import in_forked_child as in_child
 
 from prefork import pidfile
 from prefork.errors import ConfigError
@@ -238,40 +237,6 @@ def test_create_in_a_bad_directory(
     with pytest.raises(ConfigError) as caught:
         Pidfile(target).create(os.getpid())
     assert str(caught.value) == f"cannot write pidfile {target}: {reason}"
-
-
-def in_child(body: Callable[[], str]) -> str:
-    """Run ``body`` in a forked child; return what it returned (or its exception)."""
-    read_end, write_end = os.pipe()
-    with warnings.catch_warnings():
-        # Python 3.12+ warns about fork() with threads; the child only makes system
-        # calls and leaves with os._exit.
-        warnings.simplefilter("ignore", DeprecationWarning)
-        pid = os.fork()
-    if pid == 0:
-        code = 1
-        try:
-            os.close(read_end)
-            try:
-                result = body()
-            except BaseException as exc:
-                result = f"{type(exc).__name__}: {exc}"
-            os.write(write_end, result.encode())
-            code = 0
-        finally:
-            os._exit(code)
-    os.close(write_end)
-    try:
-        ready, _, _ = select.select([read_end], [], [], TIMEOUT)
-        assert ready, "the child did not report"
-        chunks = []
-        while chunk := os.read(read_end, 65536):
-            chunks.append(chunk)
-    finally:
-        os.close(read_end)
-        _, status = os.waitpid(pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 0
-    return b"".join(chunks).decode()
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to become another user")

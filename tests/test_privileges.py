@@ -11,16 +11,14 @@ import grp
 import json
 import os
 import pwd
-import select
 import socket
 import stat
-import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-from support import TIMEOUT, short_tmpdir
+from support import in_forked_child, short_tmpdir
 
 from prefork.errors import ConfigError
 from prefork.privileges import (
@@ -125,37 +123,15 @@ def test_parse_umask_rejects(value: Any) -> None:
 
 def in_child(body: Callable[[], dict[str, Any]]) -> dict[str, Any]:
     """Run ``body`` in a forked child; return its result, or ``{"error": ...}`` if it raised."""
-    read_end, write_end = os.pipe()
-    with warnings.catch_warnings():
-        # Python 3.12+ warns about fork() with threads; the child only makes system
-        # calls and leaves with os._exit.
-        warnings.simplefilter("ignore", DeprecationWarning)
-        pid = os.fork()
-    if pid == 0:
-        code = 1
+
+    def report() -> str:
         try:
-            os.close(read_end)
-            try:
-                result = body()
-            except BaseException as exc:
-                result = {"error": f"{type(exc).__name__}: {exc}"}
-            os.write(write_end, json.dumps(result).encode())
-            code = 0
-        finally:
-            os._exit(code)
-    os.close(write_end)
-    try:
-        ready, _, _ = select.select([read_end], [], [], TIMEOUT)
-        assert ready, "the child did not report"
-        chunks = []
-        while chunk := os.read(read_end, 65536):
-            chunks.append(chunk)
-    finally:
-        os.close(read_end)
-        _, status = os.waitpid(pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 0
-    report: dict[str, Any] = json.loads(b"".join(chunks))
-    return report
+            return json.dumps(body())
+        except BaseException as exc:
+            return json.dumps({"error": f"{type(exc).__name__}: {exc}"})
+
+    result: dict[str, Any] = json.loads(in_forked_child(report))
+    return result
 
 
 def identity() -> dict[str, Any]:
