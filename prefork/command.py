@@ -205,15 +205,15 @@ class Command:
             attributes[attribute] = self.settings[setting]
         attributes["request_queue_size"] = self.settings["backlog"]
         cls = type(f"Prefork{base.__name__}", (CommandServer, base), attributes)
-        handler: type = prefork.BaseRequestHandler  # replaced once the application is loaded
-        if self.kind is AppKind.WSGI:
-            from prefork.wsgi import WSGIRequestHandler
+        if self.kind is AppKind.SERVER:
+            server = self._make_user_server(cls, sock)
+        else:
+            handler: type = prefork.BaseRequestHandler  # replaced once the application loads
+            if self.kind is AppKind.WSGI:
+                from prefork.wsgi import WSGIRequestHandler
 
-            handler = WSGIRequestHandler
-        try:
+                handler = WSGIRequestHandler
             server = cls(sock.getsockname(), handler, bind_and_activate=False)
-        except TypeError:
-            server = cls(sock.getsockname(), bind_and_activate=False)
         server.socket.close()
         server.socket = sock
         server.server_address = sock.getsockname()
@@ -224,6 +224,20 @@ class Command:
         if hasattr(server, "setup_environ") and hasattr(server, "server_name"):
             server.setup_environ()
         return server
+
+    def _make_user_server(self, cls: type, sock: socket.socket) -> Any:
+        """Build a user's server class: it brings its own handler (a default or attribute)."""
+        handler = getattr(cls, "RequestHandlerClass", None)
+        try:
+            if handler is not None:
+                return cls(sock.getsockname(), handler, bind_and_activate=False)
+            return cls(sock.getsockname(), bind_and_activate=False)
+        except TypeError as exc:
+            raise ConfigError(
+                f"cannot build {self.app_reference}({sock.getsockname()!r},"
+                f" bind_and_activate=False): {exc}; give the class a default request handler"
+                " or a RequestHandlerClass attribute"
+            ) from None
 
     def install_application(self, *, fresh: bool) -> None:
         """Give every server the application (imported anew in a worker when ``fresh``)."""

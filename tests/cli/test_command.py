@@ -255,3 +255,28 @@ def test_preload_imports_once_so_hup_keeps_the_code(start_command, app_dir: Path
     assert new_worker["gen"] == "2"
     wait_until(lambda: http_get(server.address, "/").split()[2] == "2", 20, "generation 2")
     assert http_get(server.address, "/").startswith("v1 ")
+
+
+RPC_APP = """
+import os
+import xmlrpc.server
+
+
+class RPCServer(xmlrpc.server.SimpleXMLRPCServer):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, logRequests=False, **kwargs)
+        self.register_function(os.getpid, "pid")
+"""
+
+
+def test_a_server_class_as_the_application(start_command, app_dir: Path) -> None:
+    """``prefork rpcapp:RPCServer``: a SimpleXMLRPCServer subclass, served by the workers."""
+    import xmlrpc.client
+
+    (app_dir / "rpcapp.py").write_text(RPC_APP)
+    server = start_command("-w", 2, "-b", "127.0.0.1:0", "rpcapp:RPCServer")
+    server.wait_for_line(READY, count=2)
+    workers = server.wait_for_workers(2)
+    host, port = server.address
+    with xmlrpc.client.ServerProxy(f"http://{host}:{port}/") as proxy:
+        assert proxy.pid() in workers
