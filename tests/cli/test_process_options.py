@@ -4,7 +4,6 @@ logging config, memory limit, ``--reload`` and ``--check-config``."""
 from __future__ import annotations
 
 import grp
-import http.client
 import json
 import os
 import pwd
@@ -31,30 +30,12 @@ from engine.harness import (
     wait_until,
 )
 
-from .harness import LISTENING, CommandProcess, run_command, tcp_address
+from .harness import LISTENING, CommandProcess, UnixHTTPConnection, run_command, tcp_address
 
 pytestmark = pytest.mark.timeout(120)
 
 
 # -- helpers ------------------------------------------------------------------------------------
-
-
-class UnixHTTPConnection(http.client.HTTPConnection):
-    """``http.client`` over a Unix stream socket."""
-
-    def __init__(self, path: Path | str, timeout: float = DEADLINE) -> None:
-        super().__init__("localhost", timeout=timeout)
-        self.unix_path = str(path)
-
-    def connect(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            sock.settimeout(self.timeout)
-            sock.connect(self.unix_path)
-        except BaseException:
-            sock.close()
-            raise
-        self.sock = sock
 
 
 def unix_get(path: Path | str, url: str = "/pid") -> str:

@@ -31,7 +31,7 @@ import psutil
 import pytest
 from engine.harness import DEADLINE, READY, http_get, pid_gone, wait_until
 
-from .harness import LISTENING, CommandProcess
+from .harness import LISTENING, CommandProcess, UnixHTTPConnection
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -139,24 +139,6 @@ def activate(app_dir: Path) -> Iterator[Any]:
     yield launch
     for command in reversed(started):
         command.close()
-
-
-class UnixHTTPConnection(http.client.HTTPConnection):
-    """``http.client`` over a Unix stream socket."""
-
-    def __init__(self, path: Path | str, timeout: float = DEADLINE) -> None:
-        super().__init__("localhost", timeout=timeout)
-        self.unix_path = str(path)
-
-    def connect(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            sock.settimeout(self.timeout)
-            sock.connect(self.unix_path)
-        except BaseException:
-            sock.close()
-            raise
-        self.sock = sock
 
 
 def response_body(conn: http.client.HTTPConnection) -> str:

@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 from cli.harness import CommandProcess
-from engine.harness import LoadGenerator
+from engine.conftest import start_load  # noqa: F401 - the engine tests' fixture, shared
 
 from . import report as faults_report
 from .helpers import FaultServer, Figures
@@ -155,21 +155,6 @@ def start_server() -> Iterator[Callable[..., FaultServer]]:
 
     yield start
     _close_all(started)
-
-
-@pytest.fixture
-def start_load() -> Iterator[Callable[..., LoadGenerator]]:
-    """``start_load(address, **options)`` starts HTTP client threads; all stopped after."""
-    started: list[LoadGenerator] = []
-
-    def start(address: Any, **options: Any) -> LoadGenerator:
-        load = LoadGenerator(address, **options)
-        started.append(load)
-        return load.start()
-
-    yield start
-    for load in started:
-        load.stop()
 
 
 @pytest.fixture

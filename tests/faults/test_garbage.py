@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cli.harness import tcp_address
+from cli.harness import UnixHTTPConnection, tcp_address
 from engine.harness import EXITED, READY
 
 from .helpers import CallLoad, read_until_closed
@@ -24,24 +24,6 @@ from .helpers import CallLoad, read_until_closed
 MAX_UDP = 65507
 #: What prefork's datagram servers read of a datagram (``UDPServer.max_packet_size``).
 MAX_PACKET = 8192
-
-
-class UnixHTTPConnection(http.client.HTTPConnection):
-    """``http.client`` over a Unix stream socket."""
-
-    def __init__(self, path: str, timeout: float = 10.0) -> None:
-        super().__init__("localhost", timeout=timeout)
-        self.unix_path = path
-
-    def connect(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            sock.settimeout(self.timeout)
-            sock.connect(self.unix_path)
-        except BaseException:
-            sock.close()
-            raise
-        self.sock = sock
 
 
 # -- normal requests ----------------------------------------------------------------------------
