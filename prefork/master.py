@@ -110,6 +110,7 @@ class Master:
         self.last_boot_failure = ""
         self.next_spawn_at = 0.0
         self.spawning_suspended = False
+        self.waiting_for_slots = False
         self.gave_up = False
         self.stop_requested = False
         self.waker = Waker()
@@ -552,6 +553,11 @@ class Master:
             key=lambda w: (w.generation, w.spawned_at),
         )
         ready = [w for w in fresh if w.ready]
+        # A worker superseded before it served (HUPs faster than boots) only holds a
+        # slot: stop it now, or a storm of reloads piles up generations of booting workers.
+        for worker in [w for w in stale if not w.ready and w.generation != self.generation]:
+            self.retire(worker, "superseded while booting", cause=Cause.RELOAD)
+            stale.remove(worker)
         for worker in stale[: max(0, len(ready) + len(stale) - self.target)]:
             cause = Cause.RELOAD
             if worker.recycle:
@@ -570,6 +576,19 @@ class Master:
         if one_at_a_time:
             # One extra process at most, counting stale workers still draining.
             missing = 0 if booting or len(self.workers) > self.target else 1
+        free = self.scoreboard.slots - len(self.workers)
+        if missing > free:
+            # Retiring workers still hold their slots; spawn the rest once they are reaped.
+            if not self.waiting_for_slots:
+                logger.warning(
+                    "master: all %d worker slots in use (%d retiring); waiting for them to exit",
+                    self.scoreboard.slots,
+                    sum(w.retiring for w in self.workers.values()),
+                )
+            self.waiting_for_slots = True
+            missing = free
+        else:
+            self.waiting_for_slots = False
         for _ in range(missing):
             self.spawn_worker()
 

@@ -113,6 +113,38 @@ def test_reload_retires_old_workers_only_as_new_ones_get_ready(master: FakeMaste
     assert master.retired() == {w.pid for w in old}
 
 
+def test_reloads_faster_than_boots_stop_the_superseded_workers(master: FakeMaster) -> None:
+    master.maintain_worker_count()
+    old = list(master.workers.values())
+    master.make_ready(*old)
+    for _ in range(200):  # each HUP acted on before the previous generation booted
+        master.reload()
+        master.maintain_worker_count()
+        for worker in [w for w in master.workers.values() if w.retiring and not w.ready]:
+            master.exit(worker)
+    assert master.generation == 201
+    assert not master.retired() & {w.pid for w in old}, "the serving generation must stay"
+    booting = [w for w in master.workers.values() if not w.ready]
+    assert sorted(w.generation for w in booting) == [201, 201]
+    assert len(master.workers) == 4
+
+
+def test_a_full_scoreboard_defers_spawning(master: FakeMaster) -> None:
+    master.maintain_worker_count()
+    master.make_ready(*master.workers.values())
+    for _ in range(master.scoreboard.slots):  # retiring workers that take long to exit
+        master.reload()
+        master.maintain_worker_count()
+    assert len(master.workers) == master.scoreboard.slots
+    assert master.waiting_for_slots
+    assert [w for w in master.workers.values() if w.generation == master.generation] == []
+    for worker in [w for w in master.workers.values() if w.retiring][:2]:
+        master.exit(worker)
+    master.maintain_worker_count()
+    assert len([w for w in master.workers.values() if w.generation == master.generation]) == 2
+    assert not master.waiting_for_slots
+
+
 @pytest.mark.parametrize("master", [{"rolling_reload": True, "workers": 3}], indirect=True)
 def test_rolling_reload_replaces_one_at_a_time(master: FakeMaster) -> None:
     master.maintain_worker_count()

@@ -97,8 +97,6 @@ def send_paced(
 @pytest.mark.parametrize(
     "paced",
     [
-        # Intermittent (about 1 run in 4 here): a fresh connection reset during the burst,
-        # or no RELOADING line before USR1's; under investigation, see docs/reliability.md.
         pytest.param(False, id="burst", marks=pytest.mark.slow),
         pytest.param(True, id="paced", marks=pytest.mark.slow),
     ],
