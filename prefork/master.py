@@ -103,7 +103,7 @@ class Master:
         self.workers: dict[int, WorkerProcess] = {}
         self.restarts: collections.Counter[Cause] = collections.Counter()
         self.children = ChildProcesses()
-        self.scoreboard = Scoreboard(max(64, 4 * self.target + 8), _scoreboard_path(server))
+        self.scoreboard = _open_scoreboard(max(64, 4 * self.target + 8), _scoreboard_path(server))
         self.phase = Phase.RUNNING
         self.stop_deadline = 0.0
         self.boot_failures = 0
@@ -633,6 +633,19 @@ def _scoreboard_path(server: Any) -> str | None:
     if not getattr(server, "publish_scoreboard", False) or not os.path.isdir(SHM_DIR):
         return None
     return published_path(os.getpid())
+
+
+def _open_scoreboard(slots: int, path: str | None) -> Scoreboard:
+    """The scoreboard, published at ``path`` when possible: ``prefork status`` is not worth
+    failing to start for, so an unwritable path falls back to a private board."""
+    if path is not None:
+        try:
+            return Scoreboard(slots, path)
+        except OSError as error:
+            logger.warning(
+                "master: cannot publish the scoreboard (%s); prefork status will not see it", error
+            )
+    return Scoreboard(slots)
 
 
 def _why_stuck(worker: WorkerProcess, slot: SlotView, now: float, timeout: float) -> str:

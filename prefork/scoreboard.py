@@ -81,7 +81,11 @@ class Scoreboard:
         if path is None:
             self._map = mmap.mmap(-1, size)
             return
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+        # A file already there is a leftover of a killed master that had our pid; it is
+        # replaced, never shared (O_EXCL), so two masters cannot write one board.
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
         try:
             os.ftruncate(fd, size)
             self._map = mmap.mmap(fd, size)

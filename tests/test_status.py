@@ -240,6 +240,33 @@ def test_stale_scoreboard_of_an_earlier_process_is_refused(
         board.close()
 
 
+def test_a_leftover_board_at_the_path_is_replaced(tmp_path: Path) -> None:
+    path = tmp_path / "prefork-1.scoreboard"
+    path.write_bytes(b"\xff" * 10)  # a killed master's file, another size, garbage inside
+    with open(path, "rb") as leftover:
+        board = Scoreboard(4, str(path))
+        try:
+            assert os.fstat(leftover.fileno()).st_nlink == 0, "replaced, not reused"
+            assert leftover.read() == b"\xff" * 10
+            assert board.snapshot() == []
+        finally:
+            board.close()
+    assert not path.exists()
+
+
+def test_an_unwritable_publish_path_falls_back_to_a_private_board(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from prefork.master import _open_scoreboard
+
+    board = _open_scoreboard(4, str(tmp_path / "missing" / "prefork-1.scoreboard"))
+    try:
+        assert board.path is None and board.slots == 4
+        assert "cannot publish the scoreboard" in caplog.text
+    finally:
+        board.close()
+
+
 def test_usage_errors_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
     assert status.main([]) == 2
     assert status.main(["--master", "12", "--pid", "x"]) == 2

@@ -25,6 +25,8 @@ from typing import Any
 
 import psutil
 
+from prefork.scoreboard import published_path
+
 APP = Path(__file__).with_name("app.py")
 LOCALHOST = "127.0.0.1"
 DEADLINE = 20.0
@@ -181,11 +183,22 @@ class ServerProcess:
             return
         self.closed = True
         try:
+            if self.proc.poll() is None:
+                # A fast stop first, so that the master cleans up after itself (its
+                # published scoreboard in /dev/shm above all).
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(self.proc.pid, signal.SIGINT)
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    self.proc.wait(timeout=3)
             # The group, not just the master: workers must not outlive the test
             # even when the master is already gone.
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait(timeout=DEADLINE)
+            if self.proc.returncode == -signal.SIGKILL:
+                # Killed (by the test or just now): remove what it could not.
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(published_path(self.proc.pid))
             for reader in self.readers:
                 reader.join(timeout=DEADLINE)
             stuck = [reader.name for reader in self.readers if reader.is_alive()]
