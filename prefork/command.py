@@ -85,7 +85,11 @@ def _base_class(kind: AppKind, bind: Bind, sock: socket.socket, app: Any) -> typ
 
 
 class CommandServer(PreforkMixIn):
-    """The master side of ``prefork MODULE:OBJECT`` (mixed into each bind's server class)."""
+    """The master side of ``prefork MODULE:OBJECT`` (mixed into each bind's server class).
+
+    Each hook does the command's part, then calls the application's own hook, when
+    the application is a server class that defines one (``super()``).
+    """
 
     publish_scoreboard = True
     command: Command
@@ -93,24 +97,31 @@ class CommandServer(PreforkMixIn):
     def post_fork(self, worker: Any) -> None:
         """Import the application in the new worker (unless it was preloaded)."""
         self.command.install_application(fresh=True)
+        super().post_fork(worker)
 
     def when_ready(self) -> None:
         self.command.when_ready()
+        super().when_ready()
 
     def workers_ready(self) -> None:
         self.command.workers_ready()
+        super().workers_ready()
 
     def on_reload(self) -> None:
         self.command.reload_settings()
+        super().on_reload()
 
     def on_shutdown(self) -> None:
         self.command.shutting_down()
+        super().on_shutdown()
 
     def on_upgrade(self, master: Any) -> None:
+        # Not super(): the command is what makes USR2 possible (the default ignores it).
         self.command.upgrade(master)
 
     def master_service_actions(self) -> None:
         self.command.watch_sources()
+        super().master_service_actions()
 
 
 class Command:
@@ -284,6 +295,7 @@ class Command:
             return
         from prefork.settings import BY_NAME
 
+        before = dict(self.settings)
         for name, value in fresh.items():
             if value == self.settings[name]:
                 continue
@@ -296,6 +308,20 @@ class Command:
             for setting, attribute in ENGINE_ATTRIBUTES.items():
                 setattr(server, attribute, self.settings[setting])
         logging.getLogger().setLevel(self.settings["loglevel"].upper())
+        if any(fresh[name] != before[name] for name in ("logfile", "logconfig")):
+            self._reconfigure_logging()
+
+    def _reconfigure_logging(self) -> None:
+        from prefork.logs import configure_logging
+
+        try:
+            configure_logging(
+                self.settings["loglevel"], self.settings["logfile"], self.settings["logconfig"]
+            )
+        except ConfigError as exc:
+            logger.error("reload: keeping the current log handlers: %s", exc)
+        else:
+            logger.info("reload: logging set up again")
 
     def upgrade(self, master: Any) -> None:
         """``USR2``: re-execute the command with the listening sockets inherited."""

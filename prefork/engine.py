@@ -242,7 +242,11 @@ class PreforkMixIn:
         """Called in the master when a stop (graceful or fast) begins."""
 
     def on_upgrade(self, master: Master) -> None:
-        """Called in the master on ``USR2``: start a new master (the command line does)."""
+        """Called in the master on ``USR2`` with the running master.
+
+        The ``prefork`` command overrides it to start a new master on the same
+        sockets; by default ``USR2`` is logged and ignored.
+        """
         logger.warning("USR2 ignored: a zero-downtime upgrade needs the prefork command")
 
     def master_service_actions(self) -> None:

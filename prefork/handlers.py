@@ -26,8 +26,12 @@ class BaseRequestHandler:
 
     def __init__(self, request: Any, client_address: Any, server: Any) -> None:
         """Handle the request: ``setup()``, ``handle()``, then always ``finish()``."""
+        #: The request: a connected socket for stream servers, ``(data, socket)``
+        #: for datagram servers.
         self.request = request
+        #: The client's address, as the server's :meth:`~BaseServer.get_request` returned it.
         self.client_address = client_address
+        #: The server instance handling the request (for its settings and state).
         self.server = server
         self.setup()
         try:
@@ -36,13 +40,18 @@ class BaseRequestHandler:
             self.finish()
 
     def setup(self) -> None:
-        """Called before :meth:`handle`; does nothing by default."""
+        """Called before :meth:`handle` to prepare the request; does nothing by default."""
 
     def handle(self) -> None:
-        """Service the request; does nothing by default."""
+        """Service the request: override it.  Does nothing by default.
+
+        The request is :attr:`request`, the peer :attr:`client_address` and the
+        server :attr:`server`.
+        """
 
     def finish(self) -> None:
-        """Called after :meth:`handle`; does nothing by default."""
+        """Called after :meth:`handle` (even if it raised) to clean up; does nothing
+        by default."""
 
 
 class _SocketWriter(io.BufferedIOBase):
@@ -78,10 +87,18 @@ class StreamRequestHandler(BaseRequestHandler):
     ``disable_nagle_algorithm`` (sets ``TCP_NODELAY``).
     """
 
+    #: Buffer size of :attr:`rfile`; -1 for the default buffer size.
     rbufsize: int = -1
+    #: Buffer size of :attr:`wfile`; 0 (the default) sends every write at once, whole.
     wbufsize: int = 0
+    #: Socket timeout of the connection in seconds, or ``None`` for none.
     timeout: float | None = None
+    #: Set ``TCP_NODELAY`` so small writes are not held back by Nagle's algorithm.
     disable_nagle_algorithm: bool = False
+    #: A binary file reading from the connection (set by :meth:`setup`).
+    rfile: Any
+    #: A binary file writing to the connection (set by :meth:`setup`).
+    wfile: Any
 
     def setup(self) -> None:
         """Apply the socket options and create ``rfile`` and ``wfile``."""
@@ -92,7 +109,7 @@ class StreamRequestHandler(BaseRequestHandler):
             self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, True)
         self.rfile = self.connection.makefile("rb", self.rbufsize)
         if self.wbufsize == 0:
-            self.wfile: Any = _SocketWriter(self.connection)
+            self.wfile = _SocketWriter(self.connection)
         else:
             self.wfile = self.connection.makefile("wb", self.wbufsize)
 
@@ -111,6 +128,11 @@ class DatagramRequestHandler(BaseRequestHandler):
     ``rfile`` holds the received packet; what the handler writes to ``wfile``
     is sent back to ``client_address`` as one datagram by :meth:`finish`.
     """
+
+    #: The received datagram, as a binary file (set by :meth:`setup`).
+    rfile: io.BytesIO
+    #: A binary file whose content :meth:`finish` sends back as the reply.
+    wfile: io.BytesIO
 
     def setup(self) -> None:
         """Wrap the packet in ``rfile`` and give the handler an empty ``wfile``."""

@@ -1,4 +1,4 @@
-"""Log files: reopening them on ``SIGUSR1`` (for logrotate)."""
+"""Logging set-up for the command, and reopening log files on ``SIGUSR1`` (logrotate)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,9 @@ def reopen_log_files() -> int:
     """Reopen every ``logging.FileHandler``'s file; returns how many were reopened.
 
     After logrotate renames a file, handlers keep writing to the renamed one
-    until they reopen the path.
+    until they reopen the path.  A path that cannot be opened any more (removed
+    directory, lost permission) is reported and its handler keeps the old file:
+    losing the logs must not stop the server.
     """
     handlers = {
         handler
@@ -18,14 +20,30 @@ def reopen_log_files() -> int:
         for handler in logger.handlers
         if isinstance(handler, logging.FileHandler)
     }
+    reopened = 0
+    failures: list[tuple[str, OSError]] = []
     for handler in handlers:
         handler.acquire()
         try:
-            handler.close()
-            handler.stream = handler._open()
+            if handler.stream is None:
+                continue  # delay=True and nothing written yet: it opens the path itself
+            try:
+                stream = handler._open()
+            except OSError as error:
+                failures.append((handler.baseFilename, error))
+                continue
+            old, handler.stream = handler.stream, stream
+            old.close()
+            reopened += 1
         finally:
             handler.release()
-    return len(handlers)
+    for path, problem in failures:
+        logging.getLogger(__name__).error(
+            "cannot reopen log file %s (%s); still writing to the file it had open",
+            path,
+            problem.strerror or problem,
+        )
+    return reopened
 
 
 LOG_FORMAT = "%(asctime)s [%(process)d] [%(levelname)s] %(name)s: %(message)s"
@@ -47,9 +65,6 @@ def configure_logging(level: str, logfile: str | None, logconfig: str | None) ->
         except (ValueError, TypeError, AttributeError, ImportError) as exc:
             raise ConfigError(f"log config {logconfig}: {exc}") from None
         return
-    root = logging.getLogger()
-    for old in list(root.handlers):
-        root.removeHandler(old)
     handler: logging.Handler
     if logfile is None or logfile == "-":
         handler = logging.StreamHandler()
@@ -59,6 +74,10 @@ def configure_logging(level: str, logfile: str | None, logconfig: str | None) ->
         except OSError as exc:
             raise ConfigError(f"cannot open log file {logfile}: {exc.strerror}") from None
     handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    root = logging.getLogger()
+    for old in list(root.handlers):  # only once the new one could be opened
+        root.removeHandler(old)
+        old.close()
     root.addHandler(handler)
     root.setLevel(level.upper())
 

@@ -46,9 +46,14 @@ class ForkingMixIn:
     children are ever waited for.
     """
 
+    #: Seconds :meth:`~BaseServer.handle_request` waits for a request before
+    #: :meth:`handle_timeout` reaps children.
     timeout: float | None = 300
+    #: The pids of children not yet reaped (``None`` before the first fork).
     active_children: ChildProcesses | None = None
+    #: With this many children alive, wait for one to exit before forking another.
     max_children: int = 40
+    #: :meth:`server_close` waits for every child to exit.
     block_on_close: bool = True
 
     def collect_children(self, *, blocking: bool = False) -> None:
@@ -102,7 +107,10 @@ class ThreadingMixIn:
     non-daemon request threads).
     """
 
+    #: Request threads are daemon threads: they do not keep the interpreter alive,
+    #: and :meth:`server_close` does not wait for them.
     daemon_threads: bool = False
+    #: :meth:`server_close` joins the (non-daemon) request threads.
     block_on_close: bool = True
     _threads: Any = NoThreads()
 

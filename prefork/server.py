@@ -44,7 +44,7 @@ class BaseServer:
     :meth:`fileno` (for a selector), :meth:`server_close`, and use as a context
     manager.
 
-    Methods that may be overridden: :meth:`server_bind`,
+    Methods that may be overridden: :meth:`~TCPServer.server_bind`,
     :meth:`server_activate`, :meth:`get_request`, :meth:`handle_timeout`,
     :meth:`verify_request`, :meth:`server_close`, :meth:`process_request`,
     :meth:`shutdown_request`, :meth:`close_request`, :meth:`service_actions`,
@@ -58,12 +58,18 @@ class BaseServer:
     ``server_address``, ``socket``.
     """
 
+    #: Seconds :meth:`handle_request` waits for a request before calling
+    #: :meth:`handle_timeout`; ``None`` waits for ever.  :meth:`serve_forever` ignores it.
     timeout: float | None = None
-    socket: Any  # provided by subclasses: TCPServer creates it
+    #: The socket the server listens on; subclasses create it (:class:`TCPServer` does).
+    socket: Any
 
     def __init__(self, server_address: Address, RequestHandlerClass: Any) -> None:  # noqa: N803
         """Store the address and handler class.  May be extended, do not override."""
+        #: The address the server listens on; after binding, the one the socket reports
+        #: (with the real port when it was 0).
         self.server_address = server_address
+        #: The class instantiated once per request by :meth:`finish_request`.
         self.RequestHandlerClass = RequestHandlerClass
         self.__is_shut_down = threading.Event()
         self.__shutdown_request = False
@@ -71,7 +77,8 @@ class BaseServer:
         self.__waker_lock = threading.Lock()
 
     def server_activate(self) -> None:
-        """Called by the constructor to activate the server.  May be overridden."""
+        """Called by the constructor, after :meth:`~TCPServer.server_bind`, to activate the server
+        (a stream server starts listening).  May be overridden."""
 
     def serve_forever(self, poll_interval: float = 0.5) -> None:
         """Handle requests until :meth:`shutdown` is called.
@@ -130,7 +137,9 @@ class BaseServer:
         raise NotImplementedError
 
     def service_actions(self) -> None:
-        """Called by the :meth:`serve_forever` loop.  May be overridden or extended."""
+        """Called by the :meth:`serve_forever` loop after each request and at least
+        every ``poll_interval`` seconds.  May be overridden or extended (call
+        ``super()``: the forking mixin reaps its children here)."""
 
     def handle_request(self) -> None:
         """Handle one request, waiting at most ``timeout`` seconds for it.
@@ -177,11 +186,16 @@ class BaseServer:
         """Called when :meth:`handle_request` times out.  May be overridden."""
 
     def verify_request(self, request: Any, client_address: Address) -> bool:
-        """Return ``True`` to process the request.  May be overridden."""
+        """Return ``True`` to process the request, ``False`` to drop it unanswered
+        (an access control hook).  May be overridden; the default accepts all."""
         return True
 
     def process_request(self, request: Any, client_address: Address) -> None:
-        """Finish the request, then shut it down.  Overridden by the mixins."""
+        """Finish the request, then shut it down.
+
+        The default does it inline, one request at a time; the mixins override
+        it to hand the request to a thread, a child process or a worker's pool.
+        """
         self.finish_request(request, client_address)
         self.shutdown_request(request)
 
@@ -189,7 +203,11 @@ class BaseServer:
         """Clean up the server.  May be overridden."""
 
     def finish_request(self, request: Any, client_address: Address) -> None:
-        """Handle the request by instantiating ``RequestHandlerClass``."""
+        """Handle the request by instantiating :attr:`RequestHandlerClass`.
+
+        Called by :meth:`process_request` (in the thread, child or worker that
+        serves the request); extend it rather than override it.
+        """
         self.RequestHandlerClass(request, client_address, self)
 
     def shutdown_request(self, request: Any) -> None:
@@ -197,7 +215,8 @@ class BaseServer:
         self.close_request(request)
 
     def close_request(self, request: Any) -> None:
-        """Called to clean up an individual request."""
+        """Called by :meth:`shutdown_request` to release an individual request.
+        May be overridden."""
 
     def handle_error(self, request: Any, client_address: Address) -> None:
         """Handle an exception raised by a handler.  May be overridden.
@@ -215,9 +234,11 @@ class BaseServer:
         print("-" * 40, file=sys.stderr)
 
     def __enter__(self) -> Any:
+        """Use the server as a context manager; returns the server itself."""
         return self
 
     def __exit__(self, *exc_info: object) -> None:
+        """Leave the ``with`` block by calling :meth:`server_close`."""
         self.server_close()
 
 
@@ -232,10 +253,17 @@ class TCPServer(BaseServer):
     socket is closed before the error propagates.
     """
 
+    #: The socket family: ``socket.AF_INET``, ``AF_INET6`` or (Unix servers) ``AF_UNIX``.
     address_family: int = socket.AF_INET
+    #: The socket type: ``socket.SOCK_STREAM``, or ``SOCK_DGRAM`` for datagram servers.
     socket_type: int = socket.SOCK_STREAM
+    #: The listen backlog: connections the kernel queues until the server accepts them.
+    #: ``socket.SOMAXCONN`` here, where the standard library uses 5.
     request_queue_size: int = socket.SOMAXCONN
+    #: Set ``SO_REUSEADDR`` before binding, so a restarted server can bind the address
+    #: while connections of its previous run linger in ``TIME_WAIT``.
     allow_reuse_address: bool = False
+    #: Set ``SO_REUSEPORT`` before binding, where the platform has it.
     allow_reuse_port: bool = False
 
     def __init__(
@@ -302,6 +330,7 @@ class UDPServer(TCPServer):
     allow_reuse_address = False
     allow_reuse_port = False
     socket_type = socket.SOCK_DGRAM
+    #: The largest datagram read by :meth:`get_request`; longer ones are truncated.
     max_packet_size: int = 8192
 
     def get_request(self) -> tuple[Any, Address]:

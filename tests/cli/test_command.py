@@ -238,6 +238,50 @@ def test_usr1_reopens_the_log_file(start_command, app_dir: Path) -> None:
         server.close()
 
 
+def test_usr1_survives_a_log_path_it_cannot_open(start_command, app_dir: Path) -> None:
+    log = app_dir / "prefork.log"
+    server = CommandProcess("-w", 1, "-b", "127.0.0.1:0", "--log-file", log, "myapp:Hello",
+                            cwd=app_dir)  # fmt: skip
+    try:
+        server.launch()
+        wait_until(lambda: log.exists() and "ready" in log.read_text(), 20, "the log file")
+        rotated = app_dir / "prefork.log.1"
+        log.rename(rotated)
+        log.mkdir()  # the path cannot be opened as a file any more
+        os.kill(server.pid, signal.SIGUSR1)
+        wait_until(lambda: "cannot reopen log file" in rotated.read_text(), 20, "the error")
+        os.kill(server.pid, signal.SIGTTIN)  # the master still acts, and logs to the old file
+        wait_until(lambda: "workers 2" in rotated.read_text(), 20, "the master's next line")
+        assert server.proc is not None and server.proc.poll() is None
+        log.rmdir()
+        os.kill(server.pid, signal.SIGUSR1)
+        wait_until(log.exists, 20, "the log file, once its path works again")
+    finally:
+        server.close()
+
+
+def test_hup_moves_logging_to_a_new_log_file(start_command, app_dir: Path) -> None:
+    config = app_dir / "prefork.toml"
+    first, second = app_dir / "first.log", app_dir / "second.log"
+    config.write_text(f'logfile = "{first}"\n')
+    server = CommandProcess("-c", config, "-w", 1, "-b", "127.0.0.1:0", "myapp:Hello",
+                            cwd=app_dir)  # fmt: skip
+    try:
+        server.launch()
+        wait_until(lambda: first.exists() and "ready" in first.read_text(), 20, "the first log")
+        config.write_text(f'logfile = "{second}"\n')
+        os.kill(server.pid, signal.SIGHUP)
+        wait_until(
+            lambda: second.exists() and "logging set up again" in second.read_text(),
+            20,
+            "the second log",
+        )
+        wait_until(lambda: "generation 2" in second.read_text(), 20, "the new generation's lines")
+        assert "second.log" in first.read_text()  # the change is announced in the old one
+    finally:
+        server.close()
+
+
 def test_simple_http_request_handler_serves_the_directory(start_command, app_dir: Path) -> None:
     """``prefork http.server:SimpleHTTPRequestHandler`` serves the working directory."""
     (app_dir / "page.txt").write_text("static content\n")
@@ -280,3 +324,52 @@ def test_a_server_class_as_the_application(start_command, app_dir: Path) -> None
     host, port = server.address
     with xmlrpc.client.ServerProxy(f"http://{host}:{port}/") as proxy:
         assert proxy.pid() in workers
+
+
+HOOKS_APP = """
+import os
+import socketserver
+
+import prefork
+
+
+class Echo(socketserver.StreamRequestHandler):
+    def handle(self):
+        self.wfile.write(self.rfile.readline())
+
+
+class HookedServer(prefork.PreforkTCPServer):
+    def __init__(self, address, handler=Echo, bind_and_activate=True):
+        super().__init__(address, handler, bind_and_activate)
+
+    def when_ready(self):
+        print("HOOK when_ready", os.getpid(), flush=True)
+
+    def post_fork(self, worker):
+        print("HOOK post_fork", os.getpid(), flush=True)
+
+    def on_reload(self):
+        print("HOOK on_reload", os.getpid(), flush=True)
+
+    def on_shutdown(self):
+        print("HOOK on_shutdown", os.getpid(), flush=True)
+"""
+
+
+def test_a_server_classs_own_hooks_run_beside_the_commands(start_command, app_dir: Path) -> None:
+    (app_dir / "hookapp.py").write_text(HOOKS_APP)
+    server = start_command("-w", 2, "-b", "127.0.0.1:0", "hookapp:HookedServer")
+    server.wait_for_line(READY, count=2)
+    workers = server.wait_for_workers(2)
+    master = str(server.pid)
+    assert [m[1] for m in server.find(r"^HOOK when_ready (\d+)$", stream="out")] == [master]
+    assert {int(m[1]) for m in server.find(r"^HOOK post_fork (\d+)$", stream="out")} == workers
+    with socket.create_connection(server.address, timeout=10) as conn:
+        conn.sendall(b"ping\n")
+        assert conn.makefile("rb").readline() == b"ping\n"
+    os.kill(server.pid, signal.SIGHUP)
+    server.wait_for_line(r"^HOOK on_reload " + master + "$", stream="out")
+    server.wait_for_line(r"^HOOK post_fork \d+$", count=4, stream="out")
+    os.kill(server.pid, signal.SIGTERM)
+    server.wait_for_line(r"^HOOK on_shutdown " + master + "$", stream="out")
+    assert server.proc.wait(timeout=20) == 0
