@@ -333,6 +333,11 @@ import socketserver
 import prefork
 
 
+def say(text):
+    # One write per line: master and workers share the pipe.
+    os.write(1, f"{text} {os.getpid()}\\n".encode())
+
+
 class Echo(socketserver.StreamRequestHandler):
     def handle(self):
         self.wfile.write(self.rfile.readline())
@@ -343,16 +348,16 @@ class HookedServer(prefork.PreforkTCPServer):
         super().__init__(address, handler, bind_and_activate)
 
     def when_ready(self):
-        print("HOOK when_ready", os.getpid(), flush=True)
+        say("HOOK when_ready")
 
     def post_fork(self, worker):
-        print("HOOK post_fork", os.getpid(), flush=True)
+        say("HOOK post_fork")
 
     def on_reload(self):
-        print("HOOK on_reload", os.getpid(), flush=True)
+        say("HOOK on_reload")
 
     def on_shutdown(self):
-        print("HOOK on_shutdown", os.getpid(), flush=True)
+        say("HOOK on_shutdown")
 """
 
 
@@ -362,8 +367,11 @@ def test_a_server_classs_own_hooks_run_beside_the_commands(start_command, app_di
     server.wait_for_line(READY, count=2)
     workers = server.wait_for_workers(2)
     master = str(server.pid)
-    assert [m[1] for m in server.find(r"^HOOK when_ready (\d+)$", stream="out")] == [master]
-    assert {int(m[1]) for m in server.find(r"^HOOK post_fork (\d+)$", stream="out")} == workers
+    # stdout (the hooks' lines) and stderr (the log) are read apart: wait for the lines.
+    when_ready = server.wait_for_line(r"^HOOK when_ready (\d+)$", stream="out")
+    assert [m[1] for m in when_ready] == [master]
+    post_fork = server.wait_for_line(r"^HOOK post_fork (\d+)$", count=2, stream="out")
+    assert {int(m[1]) for m in post_fork} == workers
     with socket.create_connection(server.address, timeout=10) as conn:
         conn.sendall(b"ping\n")
         assert conn.makefile("rb").readline() == b"ping\n"
