@@ -19,12 +19,18 @@ pipelined request) is handed back, so nothing is read twice or lost.  Writes
 and body reads in the thread are bounded by the socket timeout (the handler's
 ``timeout``, or the engine's ``io_timeout``): a client that reads its reply a
 byte a second holds one thread for at most that long.
+
+On a socket with a timeout, CPython polls the socket before every ``send``.
+An unbuffered handler's ``wfile`` is therefore replaced by one that writes
+with :func:`send_all`: a plain ``write`` first (a response nearly always fits
+in the socket buffer), ``sendall`` with its timeout only for what did not fit.
 """
 
 from __future__ import annotations
 
 import contextlib
 import enum
+import functools
 import io
 import os
 import socket
@@ -70,6 +76,51 @@ def drives_http_connections(server: Any) -> bool:
         return False
     finish_request = type(server).finish_request
     return getattr(finish_request, "__qualname__", "") == "BaseServer.finish_request"
+
+
+def send_all(sock: socket.socket, data: Any) -> None:
+    """``sock.sendall(data)`` without the poll before the first write, where possible.
+
+    The socket's fd must be non-blocking (a socket with a timeout), or the
+    write blocks as ``sendall`` on a blocking socket would.  Only for plain
+    sockets: an ``ssl.SSLSocket`` must not be written to underneath.
+    """
+    with memoryview(data) as view, view.cast("B") as octets:
+        try:
+            sent = os.write(sock.fileno(), octets)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        if sent < len(octets):
+            sock.sendall(octets[sent:])
+
+
+class _DirectWriter(io.BufferedIOBase):
+    """An unbuffered handler's ``wfile`` that writes with :func:`send_all`."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        send_all(self._sock, data)
+        with memoryview(data) as view:
+            return view.nbytes
+
+    def fileno(self) -> int:
+        return self._sock.fileno()
+
+
+@functools.cache
+def _plain_writers() -> tuple[type, ...]:
+    """The unbuffered ``wfile`` classes of ``socketserver`` and prefork's handlers."""
+    import socketserver
+
+    from prefork import handlers
+
+    found = [getattr(module, "_SocketWriter", None) for module in (socketserver, handlers)]
+    return tuple(kind for kind in found if isinstance(kind, type))
 
 
 def head_complete(data: bytes | bytearray) -> bool:
@@ -218,6 +269,8 @@ class HTTPConnection:
         self._raw = _GatheredThenSocket(self)
         with contextlib.suppress(Exception):
             handler.rfile.close()
+        if type(self.sock) is socket.socket and type(handler.wfile) in _plain_writers():
+            handler.wfile = _DirectWriter(self.sock)
         buffer_size = getattr(handler, "rbufsize", -1)
         if buffer_size == 0:
             handler.rfile = self._raw

@@ -87,6 +87,7 @@ from types import TracebackType
 from typing import Any
 from urllib.parse import unquote_to_bytes
 
+from prefork.keepalive import send_all
 from prefork.server import TCPServer
 
 __all__ = [
@@ -1275,7 +1276,10 @@ class WSGIRequestHandler(http.server.BaseHTTPRequestHandler):
 
     def _sendall(self, data: bytes, flags: int = 0) -> None:
         try:
-            self.connection.sendall(data, flags)
+            if flags or type(self.connection) is not socket.socket:
+                self.connection.sendall(data, flags)
+            else:
+                send_all(self.connection, data)  # no poll() before the write (see there)
         except OSError:
             self._client_gone = True
             raise
