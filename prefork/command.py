@@ -295,7 +295,7 @@ class Command:
             return
         from prefork.settings import BY_NAME
 
-        before = dict(self.settings)
+        applied = set()
         for name, value in fresh.items():
             if value == self.settings[name]:
                 continue
@@ -303,12 +303,13 @@ class Command:
                 logger.warning("reload: %s changed; it takes effect on restart", name)
                 continue
             self.settings[name] = value
+            applied.add(name)
             logger.info("reload: %s = %r", name, value)
         for server in self.servers:
             for setting, attribute in ENGINE_ATTRIBUTES.items():
                 setattr(server, attribute, self.settings[setting])
         logging.getLogger().setLevel(self.settings["loglevel"].upper())
-        if any(fresh[name] != before[name] for name in ("logfile", "logconfig")):
+        if applied & {"logfile", "logconfig"}:
             self._reconfigure_logging()
 
     def _reconfigure_logging(self) -> None:

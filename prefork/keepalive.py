@@ -81,10 +81,14 @@ def drives_http_connections(server: Any) -> bool:
 def send_all(sock: socket.socket, data: Any) -> None:
     """``sock.sendall(data)`` without the poll before the first write, where possible.
 
-    The socket's fd must be non-blocking (a socket with a timeout), or the
-    write blocks as ``sendall`` on a blocking socket would.  Only for plain
-    sockets: an ``ssl.SSLSocket`` must not be written to underneath.
+    On a socket with a timeout (a non-blocking fd) the first write goes straight
+    to the fd; on a blocking one it blocks as ``sendall`` would.  Any other kind
+    of socket (an ``ssl.SSLSocket`` must not be written to underneath) gets
+    ``sendall`` itself.
     """
+    if type(sock) is not socket.socket:
+        sock.sendall(data)
+        return
     with memoryview(data) as view, view.cast("B") as octets:
         try:
             sent = os.write(sock.fileno(), octets)
@@ -269,7 +273,7 @@ class HTTPConnection:
         self._raw = _GatheredThenSocket(self)
         with contextlib.suppress(Exception):
             handler.rfile.close()
-        if type(self.sock) is socket.socket and type(handler.wfile) in _plain_writers():
+        if type(handler.wfile) in _plain_writers():
             handler.wfile = _DirectWriter(self.sock)
         buffer_size = getattr(handler, "rbufsize", -1)
         if buffer_size == 0:

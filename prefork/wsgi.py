@@ -411,30 +411,33 @@ class _LengthInput(_Input):
         super().__init__(rfile, on_first_read)
         self.left = length
 
-    def read(self, size: int | None = -1) -> bytes:
-        """Read up to ``size`` bytes of the body (all of the rest when negative)."""
+    def _allowance(self, size: int | None) -> int:
+        """How many bytes a read of ``size`` may take (0 at the end of the body)."""
         if self.on_first_read is not None and size != 0:
             self._fire()
         left = self.left
         if left <= 0:
+            return 0
+        return left if size is None or size < 0 or size > left else size
+
+    def read(self, size: int | None = -1) -> bytes:
+        """Read up to ``size`` bytes of the body (all of the rest when negative)."""
+        n = self._allowance(size)
+        if n == 0:
             return b""
-        n = left if size is None or size < 0 or size > left else size
         data = self._read_raw(n)
-        self.left = left - len(data)
+        self.left -= len(data)
         if len(data) < n:
             raise self._disconnected()
         return data
 
     def readline(self, size: int | None = -1) -> bytes:
         """Read one line of the body (at most ``size`` bytes when given)."""
-        if self.on_first_read is not None and size != 0:
-            self._fire()
-        left = self.left
-        if left <= 0:
+        n = self._allowance(size)
+        if n == 0:
             return b""
-        n = left if size is None or size < 0 or size > left else size
         line = self._readline_raw(n)
-        self.left = left - len(line)
+        self.left -= len(line)
         if len(line) < n and not line.endswith(b"\n"):
             raise self._disconnected()
         return line
@@ -1276,7 +1279,7 @@ class WSGIRequestHandler(http.server.BaseHTTPRequestHandler):
 
     def _sendall(self, data: bytes, flags: int = 0) -> None:
         try:
-            if flags or type(self.connection) is not socket.socket:
+            if flags:
                 self.connection.sendall(data, flags)
             else:
                 send_all(self.connection, data)  # no poll() before the write (see there)

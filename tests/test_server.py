@@ -8,6 +8,7 @@ import os
 import select
 import selectors
 import socket
+import subprocess
 import sys
 import threading
 import time
@@ -85,6 +86,21 @@ def test_all_exports_documented_names() -> None:
     assert set(PUBLIC_NAMES) <= set(prefork.__all__)
     for name in PUBLIC_NAMES:
         assert isinstance(getattr(prefork, name), type), name
+
+
+def test_engine_names_load_lazily_and_all_of_them() -> None:
+    """``import prefork`` leaves the engine out; each engine name loads it on first use."""
+    probe = (
+        "import sys, prefork\n"
+        "assert 'prefork.engine' not in sys.modules, 'engine imported eagerly'\n"
+        "from prefork import engine\n"
+        "lazy = set(prefork._ENGINE_NAMES)\n"
+        "assert lazy == set(engine.__all__), lazy ^ set(engine.__all__)\n"
+        "assert lazy <= set(prefork.__all__)\n"
+        "assert all(getattr(prefork, n) is getattr(engine, n) for n in lazy)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
 
 
 def test_class_hierarchy_matches_socketserver() -> None:
