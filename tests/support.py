@@ -17,6 +17,8 @@ from typing import Any, TypeVar
 
 import psutil
 
+from prefork.scoreboard import SlotView, WorkerState
+
 LOCALHOST = "127.0.0.1"
 TIMEOUT = 10.0
 """Deadline for any single blocking operation in a test."""
@@ -234,3 +236,19 @@ def in_forked_child(body: Callable[[], str]) -> str:
         _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
     return b"".join(chunks).decode()
+
+
+def slot_view(index: int, pid: int, **fields: Any) -> SlotView:
+    """A scoreboard slot as ``Scoreboard.read`` returns it: a ready, idle worker of
+    generation 1 with 4 threads, but for ``fields``."""
+    values: dict[str, Any] = {
+        "generation": 1,
+        "state": WorkerState.READY,
+        "requests": 0,
+        "busy": 0,
+        "threads": 4,
+        "heartbeat": 0.0,
+        "oldest_request_start": 0.0,
+    }
+    values.update(fields)
+    return SlotView(index=index, pid=pid, **values)

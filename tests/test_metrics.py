@@ -18,13 +18,13 @@ from typing import Any
 
 import psutil
 import pytest
-from support import TIMEOUT, ipv6_available, short_tmpdir, wait_for
+from support import TIMEOUT, ipv6_available, short_tmpdir, slot_view, wait_for
 
 from prefork import metrics
 from prefork.errors import ConfigError
 from prefork.master import Cause
 from prefork.metrics import MetricsEndpoint, render
-from prefork.scoreboard import Scoreboard, SlotView, WorkerState
+from prefork.scoreboard import Scoreboard, WorkerState
 
 # -- a parser for the text exposition format 0.0.4 --------------------------------------------
 
@@ -158,25 +158,11 @@ def test_the_parser_unescapes_labels_and_rejects_junk() -> None:
 # -- render -----------------------------------------------------------------------------------
 
 
-def view(index: int, pid: int, **fields: Any) -> SlotView:
-    values: dict[str, Any] = {
-        "generation": 1,
-        "state": WorkerState.READY,
-        "requests": 0,
-        "busy": 0,
-        "threads": 4,
-        "heartbeat": 0.0,
-        "oldest_request_start": 0.0,
-    }
-    values.update(fields)
-    return SlotView(index=index, pid=pid, **values)
-
-
 SLOTS = [
-    view(0, 101, requests=10, busy=3, threads=4),
-    view(1, 102, requests=5, busy=0, threads=4, generation=2),
-    view(2, 103, requests=7, busy=4, threads=4, state=WorkerState.DRAINING),
-    view(3, 0, state=WorkerState.BOOTING, threads=0, generation=2),  # claimed, not forked yet
+    slot_view(0, 101, requests=10, busy=3, threads=4),
+    slot_view(1, 102, requests=5, busy=0, threads=4, generation=2),
+    slot_view(2, 103, requests=7, busy=4, threads=4, state=WorkerState.DRAINING),
+    slot_view(3, 0, state=WorkerState.BOOTING, threads=0, generation=2),  # claimed, not forked yet
 ]
 
 

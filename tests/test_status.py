@@ -18,6 +18,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+from support import slot_view
 
 from prefork import status
 from prefork.scoreboard import Scoreboard, SlotView, WorkerState, published_path
@@ -26,27 +27,13 @@ DEADLINE = 20.0
 RUN_STATUS = "import sys, prefork.status; sys.exit(prefork.status.main(sys.argv[1:]))"
 
 
-def slot(index: int, pid: int, **fields: object) -> SlotView:
-    values: dict[str, object] = {
-        "generation": 1,
-        "state": WorkerState.READY,
-        "requests": 0,
-        "busy": 0,
-        "threads": 4,
-        "heartbeat": 0.0,
-        "oldest_request_start": 0.0,
-    }
-    values.update(fields)
-    return SlotView(index=index, pid=pid, **values)  # type: ignore[arg-type]
-
-
 # -- pure functions ---------------------------------------------------------------------------
 
 
 def test_collect_joins_slots_with_process_statistics() -> None:
     slots = [
-        slot(1, 200, requests=7, busy=3, threads=4, generation=2),
-        slot(0, 100, requests=5, busy=1, threads=4, state=WorkerState.DRAINING),
+        slot_view(1, 200, requests=7, busy=3, threads=4, generation=2),
+        slot_view(0, 100, requests=5, busy=1, threads=4, state=WorkerState.DRAINING),
     ]
     stats = {
         100: status.ProcessStats(started=1000.0, rss=10 << 20, uss=6 << 20, cpu_percent=12.5),
@@ -63,7 +50,7 @@ def test_collect_joins_slots_with_process_statistics() -> None:
 
 
 def test_collect_leaves_unknown_processes_blank() -> None:
-    rows = status.collect([slot(0, 0, state=WorkerState.BOOTING, threads=0)], {}, now=5.0)
+    rows = status.collect([slot_view(0, 0, state=WorkerState.BOOTING, threads=0)], {}, now=5.0)
     (row,) = rows
     assert (row.pid, row.state, row.age, row.rss, row.uss, row.cpu_percent) == (
         0,
@@ -82,7 +69,7 @@ def test_json_has_master_workers_and_totals() -> None:
         200: status.ProcessStats(1000.0, 3000, None, 5.0),
     }
     rows = status.collect(
-        [slot(0, 100, busy=2, requests=3), slot(1, 200, requests=4)], stats, now=1001.5
+        [slot_view(0, 100, busy=2, requests=3), slot_view(1, 200, requests=4)], stats, now=1001.5
     )
     document = status.to_json(status.Status(master_pid=99, uptime=12.3456, workers=rows))
     json.dumps(document)  # serialisable as it is
@@ -119,7 +106,7 @@ def test_json_has_master_workers_and_totals() -> None:
 def test_table_has_a_header_and_a_line_per_worker() -> None:
     stats = {4321: status.ProcessStats(0.0, 25 * 1024 * 1024, None, 3.25)}
     rows = status.collect(
-        [slot(0, 4321, busy=1, requests=17), slot(1, 4322, state=WorkerState.BOOTING)],
+        [slot_view(0, 4321, busy=1, requests=17), slot_view(1, 4322, state=WorkerState.BOOTING)],
         stats,
         now=3725.0,
     )
@@ -322,7 +309,7 @@ def test_send_stacks_signals_only_children_that_handle_it() -> None:
             assert proc.stdout is not None
             assert proc.stdout.readline() == b"ready\n"  # its handler is installed
         handles, ignores = procs
-        slots = [slot(0, handles.pid), slot(1, ignores.pid), slot(2, 0)]
+        slots = [slot_view(0, handles.pid), slot_view(1, ignores.pid), slot_view(2, 0)]
         # Not the master's children: nothing is sent.
         assert status.send_stacks(dead_pid(), slots, stagger=0) == ([], [handles.pid, ignores.pid])
         # This process as their master: only the one with a handler gets the signal

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support import TIMEOUT, ipv6_available, short_tmpdir, wait_for
+from support import TIMEOUT, ipv6_available, recv_all, short_tmpdir, wait_for
 
 from prefork import systemd
 from prefork.errors import ConfigError
@@ -309,7 +309,7 @@ def run_activated(
         try:
             if connect_to is not None:
                 with socket.create_connection(connect_to, timeout=TIMEOUT) as client:
-                    reply = recv_until_eof(client)
+                    reply = recv_all(client)
             stdout, stderr = proc.communicate(timeout=TIMEOUT)
         finally:
             if proc.returncode is None:
@@ -319,14 +319,6 @@ def run_activated(
     report: dict[str, Any] = json.loads(reply if connect_to is not None else stdout)
     assert report["pid"] == proc.pid
     return report
-
-
-def recv_until_eof(sock: socket.socket) -> bytes:
-    """Everything ``sock`` receives until the peer closes."""
-    chunks = []
-    while chunk := sock.recv(65536):
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 def test_listen_fds_in_activated_child() -> None:
@@ -501,7 +493,7 @@ def test_under_systemd_socket_activate() -> None:
 
                 wait_for(connected, message="systemd-socket-activate to listen")
                 with connections[0] as client:
-                    report = json.loads(recv_until_eof(client))
+                    report = json.loads(recv_all(client))
                 _, stderr = proc.communicate(timeout=TIMEOUT)
             finally:
                 if proc.returncode is None:
