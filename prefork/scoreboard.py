@@ -31,9 +31,10 @@ class WorkerState(enum.IntEnum):
     DRAINING = 4
 
 
-# pid, generation, state, requests, busy threads, threads, heartbeat, oldest request start
-_SLOT = struct.Struct("=qqqqqqdd")
-_PID, _GENERATION, _STATE, _REQUESTS, _BUSY, _THREADS, _HEARTBEAT, _OLDEST = range(
+# pid, generation, state, requests, busy threads, threads, heartbeat, oldest request start,
+# connections accepted
+_SLOT = struct.Struct("=qqqqqqddq")
+_PID, _GENERATION, _STATE, _REQUESTS, _BUSY, _THREADS, _HEARTBEAT, _OLDEST, _ACCEPTED = range(
     0, _SLOT.size, 8
 )
 
@@ -51,6 +52,8 @@ class SlotView:
     threads: int
     heartbeat: float
     oldest_request_start: float
+    #: Connections taken from the listeners: whether the worker is taking new ones.
+    accepted: int = 0
 
     def longest_request(self, now: float) -> float:
         """Seconds the oldest in-flight request has run (0 when idle)."""
@@ -136,6 +139,7 @@ class Scoreboard:
             0,
             time.monotonic(),
             0.0,
+            0,
         )
 
     def set_pid(self, index: int, pid: int) -> None:
@@ -144,15 +148,26 @@ class Scoreboard:
 
     def release(self, index: int) -> None:
         """Mark slot ``index`` free after its worker was reaped."""
-        _SLOT.pack_into(self._map, index * _SLOT.size, 0, 0, WorkerState.FREE, 0, 0, 0, 0.0, 0.0)
+        _SLOT.pack_into(
+            self._map, index * _SLOT.size, 0, 0, WorkerState.FREE, 0, 0, 0, 0.0, 0.0, 0
+        )
 
     def read(self, index: int) -> SlotView:
         """A snapshot of slot ``index``."""
-        pid, generation, state, requests, busy, threads, heartbeat, oldest = _SLOT.unpack_from(
-            self._map, index * _SLOT.size
+        pid, generation, state, requests, busy, threads, heartbeat, oldest, accepted = (
+            _SLOT.unpack_from(self._map, index * _SLOT.size)
         )
         return SlotView(
-            index, pid, generation, WorkerState(state), requests, busy, threads, heartbeat, oldest
+            index,
+            pid,
+            generation,
+            WorkerState(state),
+            requests,
+            busy,
+            threads,
+            heartbeat,
+            oldest,
+            accepted,
         )
 
     def slot(self, index: int) -> WorkerSlot:
@@ -178,9 +193,12 @@ class WorkerSlot:
         """Record what the worker is doing."""
         self._put(_STATE, "=q", int(state))
 
-    def heartbeat(self, busy: int, requests: int, oldest_request_start: float) -> None:
+    def heartbeat(
+        self, busy: int, requests: int, oldest_request_start: float, accepted: int = 0
+    ) -> None:
         """Record liveness and load; called from the worker's loop."""
         self._put(_BUSY, "=q", busy)
         self._put(_REQUESTS, "=q", requests)
+        self._put(_ACCEPTED, "=q", accepted)
         self._put(_OLDEST, "=d", oldest_request_start)
         self._put(_HEARTBEAT, "=d", time.monotonic())

@@ -141,6 +141,10 @@ class Worker:
         self.stop_deadline = 0.0
         self.listening: set[int] = set()  # ids of the servers whose sockets are registered
         self.next_overflow_check = 0.0
+        # The other workers' accept counts when the backlog was last seen waiting with
+        # every worker saturated; None when that was not the case at the last look.
+        self.overflow_seen: tuple[tuple[int, int], ...] | None = None
+        self.accepted = 0
         self.accept_paused_until = 0.0
         self.accept_backoff = 0.0
         # The server, and any further servers on other binds (the command line
@@ -294,35 +298,57 @@ class Worker:
         When every worker is saturated by requests on its keep-alive
         connections, nobody would ever be idle and new connections would starve
         in the backlog.  So every :data:`_OVERFLOW_WAIT` seconds a saturated
-        worker reads the scoreboard: if no other worker has an idle thread, it
-        takes what waits, :data:`_ACCEPT_BATCH` at a time, and looks again on
-        its next turn as long as whole batches were waiting (a burst of new
-        connections would otherwise wait 10 ms per batch: 0.6 s for 1000).  For
-        an HTTP server that parks, a connection costs no thread until its head
-        is complete; its request then queues behind the ones already waiting,
-        in arrival order.
+        worker looks at the backlog and the scoreboard.  It takes what waits
+        only when two looks in a row saw connections waiting, no other worker
+        with an idle thread, and no other worker accepting in between.  One
+        look is not enough: a worker that serves each connection in a
+        millisecond shows as busy from its reply until its loop next runs, by
+        which time its client's next connection is already waiting; that
+        connection is not starving, and a saturated worker that took it would
+        queue it behind its own long requests.  Once taking, it takes
+        :data:`_ACCEPT_BATCH` at a time and looks again on its next turn as
+        long as whole batches were waiting (a burst of new connections would
+        otherwise wait 10 ms per batch: 0.6 s for 1000).  For an HTTP server
+        that parks, a connection costs no thread until its head is complete;
+        its request then queues behind the ones already waiting, in arrival
+        order.
         """
         assert self.pool is not None
         if self.stop is not None or self.pool.idle > 0 or now < self.next_overflow_check:
             return
         self.next_overflow_check = now + _OVERFLOW_WAIT
-        if self.scoreboard is None or self._another_worker_is_idle():
+        if self.scoreboard is None:
             return
-        for server in self.servers:
-            if not (self.parks_http.get(id(server)) and select.select([server], [], [], 0)[0]):
-                continue
+        others = self._other_workers_accepted()
+        waiting = [
+            server
+            for server in self.servers
+            if self.parks_http.get(id(server)) and select.select([server], [], [], 0)[0]
+        ]
+        if others is None or not waiting:
+            self.overflow_seen = None
+            return
+        if others != self.overflow_seen:
+            self.overflow_seen = others  # the others may yet take it: look again
+            return
+        for server in waiting:
             if self._accept(server, batch=_ACCEPT_BATCH) >= _ACCEPT_BATCH:
                 # A whole batch was waiting, so more may be (a burst of new
                 # connections): look again on the next turn, not in 10 ms.
                 self.next_overflow_check = now
 
-    def _another_worker_is_idle(self) -> bool:
+    def _other_workers_accepted(self) -> tuple[tuple[int, int], ...] | None:
+        """Each other worker's accept count; ``None`` if one has an idle thread."""
         assert self.scoreboard is not None
         me = os.getpid()
-        return any(
-            view.pid != me and view.state is WorkerState.READY and view.busy < view.threads
-            for view in self.scoreboard.snapshot()
-        )
+        counts = []
+        for view in self.scoreboard.snapshot():
+            if view.pid in (me, 0):
+                continue
+            if view.state is WorkerState.READY and view.busy < view.threads:
+                return None
+            counts.append((view.pid, view.accepted))
+        return tuple(counts)
 
     def _set_listening(self, want: bool) -> None:
         for server in self.servers:
@@ -359,6 +385,7 @@ class Worker:
                 self._accept_failed(exc)
                 return taken
             taken += 1
+            self.accepted += 1
             self.accept_backoff = 0.0
             if not server.verify_request(request, client_address):
                 server.shutdown_request(request)
@@ -492,6 +519,7 @@ class Worker:
             busy=self.pool.outstanding,
             requests=self.pool.completed,
             oldest_request_start=self.pool.oldest_start(),
+            accepted=self.accepted,
         )
 
     def _notify(self, message: str) -> None:
