@@ -67,6 +67,51 @@ def test_a_worker_with_no_idle_thread_leaves_new_connections_to_the_others(start
 
 
 @pytest.mark.timeout(60)
+def test_saturated_workers_take_new_connections_instead_of_starving_them(start_server) -> None:
+    """Overflow: when every thread of every worker is busy, a new connection is still taken.
+
+    Backpressure alone would leave it in the listen backlog until a thread
+    frees; a saturated worker accepts it after two looks at the scoreboard.
+    """
+    server = start_server("--kind", "http", "--workers", 2, "--threads", 1)
+    server.wait_for_line(READY, count=2)
+    workers = server.wait_for_workers(2)
+    busy = [http.client.HTTPConnection(*server.address, timeout=30) for _ in range(2)]
+    client = http.client.HTTPConnection(*server.address, timeout=30)
+    try:
+        for conn in busy:
+            conn.request("GET", "/sleep?s=8")
+        matches = server.wait_for_line(r"pid=(\d+) app INFO request /sleep\?s=8", count=2)
+        assert {int(match[1]) for match in matches} == workers, "each worker's thread is busy"
+        client.connect()
+        assert client.sock is not None
+        client_port = client.sock.getsockname()[1]
+        client.request("GET", "/pid")
+        holder: list[int] = []
+
+        def a_worker_accepted_the_client() -> bool:
+            for pid in workers:
+                connections = psutil.Process(pid).net_connections(kind="tcp")
+                if any(c.raddr and c.raddr.port == client_port for c in connections):
+                    holder.append(pid)
+                    return True
+            return False
+
+        # Well inside the 8 s sleeps: the connection was taken, not left waiting.
+        wait_until(
+            a_worker_accepted_the_client, 3, "a saturated worker to accept", server.describe
+        )
+        response = client.getresponse()
+        body = response.read().decode()
+        assert response.status == 200, body
+        assert parse_pid_body(body)[0] == holder[0], "answered by the worker that took it"
+    finally:
+        client.close()
+        for conn in busy:
+            conn.close()
+
+
+@pytest.mark.timeout(60)
 def test_pipelined_requests_are_all_answered_in_order(start_server) -> None:
     """Requests already buffered behind the first one are served without waiting for more."""
     server = start_server("--kind", "http", "--workers", 1)
