@@ -258,9 +258,16 @@ def render(
             if meta["loadgen"] == "wrk"
             else "the Python load generator (`bench/loadgen.py`)"
         )
-        + "; connection-per-request and TCP/UDP echo load: the Python load generator "
-        f"({meta['loadgen_procs']} processes, one epoll loop each, one request in flight per "
-        "connection). CPU is the CPU time of the server's processes (master and "
+        + "; connection-per-request load"
+        + (
+            ": the Python load generator"
+            if meta.get("echo_loadgen") == "c"
+            else " and TCP/UDP echo load: the Python load generator"
+        )
+        + f" ({meta['loadgen_procs']} processes, one epoll loop each, one request in flight "
+        "per connection)"
+        + _echo_loadgen_sentence(meta)
+        + ". CPU is the CPU time of the server's processes (master and "
         "workers), and of the load generator, over the load, in percent of one core; USS "
         "is the unique memory of each worker process (of the process itself for "
         "single-process servers), idle = after start, before any load; a forking server's "
@@ -372,6 +379,17 @@ def _other_load(cases: dict[str, Any]) -> str:
         f"; CPU taken by other processes during the measurements: median "
         f"{statistics.median(values) * 100:.0f}% of a core, up to {max(values) * 100:.0f}%"
     )
+
+
+def _echo_loadgen_sentence(meta: dict[str, Any]) -> str:
+    if meta.get("echo_loadgen") == "c":
+        return (
+            "; TCP/UDP echo load: `bench/echoload.c` (built with the machine's C compiler; "
+            "one process, one epoll loop, one message in flight per connection: the same "
+            "load as the Python generator's echo modes for a fraction of its CPU)"
+        )
+    note = meta.get("echo_loadgen_note")
+    return f" (the C echo generator was not used: {note})" if note else ""
 
 
 def _loadavg(value: Any) -> str:

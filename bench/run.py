@@ -2,8 +2,9 @@
 
 For each run, for each selected case: start the server fresh (port 0 where it can, else a
 free port picked just before, retried on ``EADDRINUSE``), wait until its port answers, take
-its idle memory, warm it up, load it for ``--duration`` seconds with ``wrk`` (HTTP, when
-installed) or the Python load generator (:mod:`bench.loadgen`; always for TCP/UDP echo),
+its idle memory, warm it up, load it for ``--duration`` seconds with ``wrk`` (keep-alive
+HTTP, when installed), the C echo generator (:mod:`bench.echoload`, TCP/UDP echo, when a C
+compiler is there) or the Python load generator (:mod:`bench.loadgen`, everything else),
 sample its CPU time and memory, and stop it by pid.  Runs are interleaved (case A, B, C,
 then A, B, C again) so that noise on a shared machine spreads over every case; each figure
 quoted is the median over the runs, and each ratio the median of the per-run ratios.
@@ -36,7 +37,7 @@ if not __package__:  # ``python bench/run.py``: make the ``bench`` package impor
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench import cases as casesmod
-from bench import loadgen, procs, report, wrk
+from bench import echoload, loadgen, procs, report, wrk
 from bench.cases import Case, Env
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -64,6 +65,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--loadgen-procs", type=int, default=2, help="processes of the Python load generator"
+    )
+    parser.add_argument(
+        "--echo-loadgen",
+        choices=("auto", "c", "python"),
+        default="auto",
+        help="TCP/UDP echo load generator (auto: bench/echoload.c when a C compiler is found)",
     )
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="Markdown report")
     parser.add_argument(
@@ -168,6 +175,12 @@ class Harness:
         path = self.env.get("PYTHONPATH")
         self.env["PYTHONPATH"] = str(ROOT) + (os.pathsep + path if path else "")
         self.env["PYTHONUNBUFFERED"] = "1"
+        self.echo_binary: Path | None = None
+        self.echo_note = "not asked for (--echo-loadgen python)"
+        if args.echo_loadgen != "python":
+            self.echo_binary, self.echo_note = echoload.build(tmp)
+            if self.echo_binary is None and args.echo_loadgen == "c":
+                raise SystemExit(f"--echo-loadgen c: {self.echo_note}")
 
     def uses_wrk(self, case: Case) -> bool:
         """``wrk`` for keep-alive HTTP only: with ``Connection: close`` it counts every
@@ -181,19 +194,34 @@ class Harness:
             cmd = wrk.command(url, case.connections, duration)
             result, _ = wrk.run(cmd, timeout=duration + 30)
             return result, shlex.join(cmd)
-        return self._python_load(case, port, duration)
+        return self._generator_load(case, port, duration)
 
-    def _python_load(self, case: Case, port: int, duration: float) -> tuple[dict[str, Any], str]:
-        nprocs = max(1, min(self.args.loadgen_procs, case.connections))
-        shares = [
-            case.connections // nprocs + (i < case.connections % nprocs) for i in range(nprocs)
-        ]
+    def uses_c_echo(self, case: Case) -> bool:
+        """The C generator for TCP/UDP echo, when it was built."""
+        return self.echo_binary is not None and case.load in ("tcp", "udp")
+
+    def _generator_load(
+        self, case: Case, port: int, duration: float
+    ) -> tuple[dict[str, Any], str]:
+        """Load from the Python generator's processes, or from one C echo generator."""
         timeout = "1" if case.load == "udp" else "5"
-        cmds = [
-            [sys.executable, "-m", "bench.loadgen", case.load, "--port", str(port),
-             "--connections", str(n), "--duration", str(duration), "--timeout", timeout]
-            for n in shares
-        ]  # fmt: skip
+        if self.echo_binary is not None and self.uses_c_echo(case):
+            shares = [case.connections]
+            cmds = [
+                echoload.command(
+                    self.echo_binary, case.load, port, case.connections, duration, timeout
+                )
+            ]
+        else:
+            nprocs = max(1, min(self.args.loadgen_procs, case.connections))
+            shares = [
+                case.connections // nprocs + (i < case.connections % nprocs) for i in range(nprocs)
+            ]
+            cmds = [
+                [sys.executable, "-m", "bench.loadgen", case.load, "--port", str(port),
+                 "--connections", str(n), "--duration", str(duration), "--timeout", timeout]
+                for n in shares
+            ]  # fmt: skip
         children = [
             subprocess.Popen(
                 cmd,
@@ -231,6 +259,8 @@ class Harness:
         }
         shown = [*cmds[0]]
         shown[shown.index("--connections") + 1] = f"{shares[0]}"
+        if self.uses_c_echo(case):
+            shown[0] = "bench/echoload"  # built from bench/echoload.c with cc -O2
         return result, f"{len(cmds)} x " + shlex.join(shown)
 
     # -- one measurement -------------------------------------------------------------------
@@ -349,6 +379,8 @@ def run_all(args: argparse.Namespace, selected: list[Case], tmp: Path) -> dict[s
             "runs": args.runs,
             "loadgen": "wrk" if harness.use_wrk else "python",
             "loadgen_procs": args.loadgen_procs,
+            "echo_loadgen": "c" if harness.echo_binary else "python",
+            "echo_loadgen_note": harness.echo_note,
         },
         "cases": {},
     }

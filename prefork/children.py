@@ -62,7 +62,10 @@ class ChildProcesses(set):
     def reap(self, *, blocking: bool = False) -> list[ExitedChild]:
         """Reap the children that have exited; with ``blocking``, wait for all."""
         exited = []
-        for pid in sorted(self):
+        # In a forking server this runs between forks, while the parent's pages are
+        # shared with live children: every object written costs a page copy, so the
+        # pids are not sorted (the standard library's order is the set's too).
+        for pid in tuple(self):
             try:
                 got, status = os.waitpid(pid, 0 if blocking else os.WNOHANG)
             except ChildProcessError:
@@ -79,7 +82,11 @@ class ChildProcesses(set):
         exited: list[ExitedChild] = []
         while self and len(self) >= limit:
             reaped = self.reap()
-            if not reaped:
+            # With nothing reaped, every pid left is a live child of ours (reap()
+            # dropped those reaped elsewhere), so a wait for any child of this process
+            # ends when one of them exits: one system call, where wait_any() opens a
+            # pidfd per child.  If the child it saw exit is not ours, wait_any() after all.
+            if not reaped and self._peek_any_exited() not in self:
                 self.wait_any()
             exited.extend(reaped)
         return exited
@@ -104,6 +111,21 @@ class ChildProcesses(set):
                 selector.register(fd, selectors.EVENT_READ)
             selector.select(timeout)
 
+    def _peek_any_exited(self) -> int | None:
+        """Block until some child of this process has exited; its pid, left unreaped.
+
+        One system call, like the standard library's ``waitpid(-1)``, but ``WNOWAIT``
+        leaves the child to whoever owns it.  ``None`` if this process has no child
+        (or no ``waitid``).
+        """
+        if not hasattr(os, "waitid"):
+            return None
+        try:
+            result = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOWAIT)
+        except ChildProcessError:
+            return None
+        return result.si_pid if result is not None else None
+
     def _wait_one(self) -> None:
         """Fallback without pidfds: wait for one child, leaving it to be reaped."""
         with contextlib.suppress(ChildProcessError):
@@ -120,7 +142,7 @@ def fork_child(child_main: Callable[[], int]) -> int:
     Standard streams are flushed on both sides, so that text buffered before
     the fork is written once and text the child wrote is not lost.
     """
-    _flush_std_streams()
+    flush_std_streams()
     pid = os.fork()
     if pid:
         return pid
@@ -128,12 +150,21 @@ def fork_child(child_main: Callable[[], int]) -> int:
     try:
         status = child_main()
     finally:
-        _flush_std_streams()
+        flush_std_streams()
         os._exit(status)
 
 
-def _flush_std_streams() -> None:
-    for stream in (sys.stdout, sys.stderr):
-        with contextlib.suppress(Exception):
-            if stream is not None:
-                stream.flush()
+def flush_std_streams() -> None:
+    """Flush ``sys.stdout`` and ``sys.stderr``, ignoring a closed or broken stream."""
+    # Written out rather than with contextlib.suppress: see the note in reap().
+    stdout, stderr = sys.stdout, sys.stderr
+    try:
+        if stdout is not None:
+            stdout.flush()
+    except Exception:  # a closed or broken stream must not stop the fork
+        pass
+    try:
+        if stderr is not None:
+            stderr.flush()
+    except Exception:
+        pass

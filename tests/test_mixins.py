@@ -170,6 +170,25 @@ def test_max_children_does_not_reap_unrelated_child() -> None:
         assert other.wait(TIMEOUT) == 0
 
 
+@pytest.mark.timeout(60)
+def test_wait_below_drops_children_reaped_elsewhere_without_waiting() -> None:
+    """A pid reaped by someone else frees its place; no wait on the other children."""
+    from prefork.children import ChildProcesses
+
+    exited_child = subprocess.Popen([sys.executable, "-c", "pass"])
+    exited_child.wait(TIMEOUT)  # reaped here, not by ChildProcesses
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        children = ChildProcesses({exited_child.pid})
+        exited = children.wait_below(1)  # would block on the sleeper if it waited
+        assert [(e.pid, e.status) for e in exited] == [(exited_child.pid, None)]
+        assert not children
+        assert sleeper.poll() is None
+    finally:
+        sleeper.kill()
+        sleeper.wait(TIMEOUT)
+
+
 def test_collect_children_and_close_do_not_reap_unrelated_child() -> None:
     """collect_children(), handle_timeout() and server_close() leave other children alone."""
     with unreaped_child() as other:
