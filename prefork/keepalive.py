@@ -17,8 +17,9 @@ The handler reads through an ``rfile`` that first returns the bytes the
 selector gathered, then reads the socket; what it buffered but did not use (a
 pipelined request) is handed back, so nothing is read twice or lost.  Writes
 and body reads in the thread are bounded by the socket timeout (the handler's
-``timeout``, or the engine's ``io_timeout``): a client that reads its reply a
-byte a second holds one thread for at most that long.
+``timeout``, or the engine's ``io_timeout``), each write as a whole: a client
+that reads its reply a byte a second holds one thread for at most that long
+per write (nginx's ``send_timeout`` is the same kind of bound).
 
 On a socket with a timeout, CPython polls the socket before every ``send``.
 An unbuffered handler's ``wfile`` is therefore replaced by one that writes

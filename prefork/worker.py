@@ -133,6 +133,8 @@ class Worker:
         timeout = float(server.worker_timeout)
         self.tick = max(0.05, min(1.0, timeout / 4))
         self.waker = Waker()
+        # True while the loop waits in select(): only then must a finished job wake it.
+        self.loop_asleep = False
         self.pool: ThreadPool | None = None
         self.selector = selectors.DefaultSelector()
         self.parked: dict[int, HTTPConnection] = {}
@@ -169,7 +171,7 @@ class Worker:
             self.server.post_fork(self.process)
             # After post_fork: it may have installed the handler class.
             self.parks_http = {id(s): drives_http_connections(s) for s in self.servers}
-            self.pool = ThreadPool(self.threads, on_done=self.waker.wake, name="prefork-worker")
+            self.pool = ThreadPool(self.threads, on_done=self._job_done, name="prefork-worker")
         except Exception as exc:
             logger.exception("worker %d failed to boot", self.process.index)
             self._notify(f"F {self.process.index} {type(exc).__name__}: {exc}")
@@ -193,8 +195,16 @@ class Worker:
             self.selector.register(self.master_alive_fd, selectors.EVENT_READ, "master")
         asked_to_recycle = False
         while True:
+            assert self.pool is not None
+            completed = self.pool.completed
             self._update_listening()
-            for key, _ in self.selector.select(self._select_timeout()):
+            timeout = self._select_timeout()
+            self.loop_asleep = True
+            if self.to_park or self.pool.completed != completed:
+                timeout = 0.0  # a job finished since the checks above: see to it first
+            events = self.selector.select(timeout)
+            self.loop_asleep = False
+            for key, _ in events:
                 tag = key.data
                 if tag == "waker":
                     self.waker.drain()
@@ -225,6 +235,16 @@ class Worker:
                     return ExitCode.OK
             else:
                 self.server.service_actions()
+
+    def _job_done(self) -> None:
+        """A pool thread finished a job (it may have left a connection to park, freed a
+        thread to listen for, or drained the worker): wake the loop if it is waiting.
+
+        An awake loop looks at those itself before it waits again (see :meth:`_serve`),
+        so under load most jobs end without a write to the wake-up pipe.
+        """
+        if self.loop_asleep:
+            self.waker.wake()
 
     def _select_timeout(self) -> float:
         timeout = self.tick

@@ -84,7 +84,12 @@ class AppHTTPHandler(http.server.BaseHTTPRequestHandler):
             self.send_response(200)
             self.send_header("Content-Length", str(size))
             self.end_headers()
-            self.wfile.write(b"x" * size)
+            try:
+                self.wfile.write(b"x" * size)
+            except OSError as exc:
+                logger.info("request /big: write failed: %s", type(exc).__name__)
+                raise
+            logger.info("request /big: sent")
             return
         elif url.path == "/boom":
             logger.warning("request /boom: raising")

@@ -1,5 +1,5 @@
-"""Slowloris and silent connections against an http.server handler: throughput with and
-without them."""
+"""Slow clients against an http.server handler: slowloris and silent connections
+(throughput with and without them), and a client reading its reply a byte a second."""
 
 from __future__ import annotations
 
@@ -11,6 +11,8 @@ import time
 
 import pytest
 from engine.harness import READY, LoadGenerator, http_get, wait_until
+
+from .helpers import logged_at, seconds, wait_timed
 
 SLOWLORIS = 50
 SILENT = 50
@@ -132,3 +134,93 @@ def test_slowloris_and_silent_connections_leave_full_speed_to_everyone_else(
     for load in runs:
         assert not load.failures, load.report()
     assert ratio > 0.5, (without, [rate for rate, _ in during])
+
+
+class SlowReader:
+    """Reads one byte of its reply a second, until the server ends the reply or it is told."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.received = 0
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="slow-reader", daemon=True)
+
+    def _run(self) -> None:
+        started = time.monotonic()
+        tick = 0
+        while True:
+            try:
+                if not self.sock.recv(1):
+                    return
+            except OSError:
+                return
+            self.received += 1
+            tick += 1
+            # The pace of the fault itself (a byte a second), not a synchronisation.
+            if self.stopping.wait(max(0.0, started + tick - time.monotonic())):
+                return
+
+    def __enter__(self) -> SlowReader:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stopping.set()
+        self.thread.join(10)
+        assert not self.thread.is_alive()
+
+
+IO_TIMEOUT = 2.0
+BIG = 8 << 20
+
+
+@pytest.mark.timeout(120)
+def test_a_client_reading_a_byte_a_second_holds_one_thread_for_at_most_io_timeout(
+    start_server, figures
+) -> None:
+    """1 worker x 2 threads: the slow reader's thread is freed after ``io_timeout``; the
+    other thread serves everyone else meanwhile."""
+    server = start_server("--kind", "http", "--workers", 1, "--threads", 2,
+                          "--io-timeout", IO_TIMEOUT)  # fmt: skip
+    server.wait_for_line(READY)
+    workers = server.wait_for_workers(1)
+    load = LoadGenerator(server.address, keepalive_clients=2, fresh_clients=2).start()
+    slow = socket.socket()
+    try:
+        load.wait_for_successes(50)
+        slow.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # a small window
+        slow.settimeout(30)
+        slow.connect(server.address)
+        since = server.mark()
+        slow.sendall(f"GET /big?n={BIG} HTTP/1.1\r\nHost: slow-reader\r\n\r\n".encode())
+        with SlowReader(slow) as reader:
+            ((sending, _),) = wait_timed(server, r".*request /big: sending", since=since)
+            answered_before = load.successes
+            ((ended, _),) = wait_timed(
+                server, r".*request /big: (sent|write failed: \w+)", since=since,
+                timeout=IO_TIMEOUT + 30,
+            )  # fmt: skip
+            answered_during = load.successes - answered_before
+        held = logged_at(ended[0]) - logged_at(sending[0])
+        load.wait_for_successes(50)
+    finally:
+        load.stop()
+        slow.close()
+    assert server.worker_pids() == workers
+    figures.fault = (
+        f"a client reading its {BIG >> 20} MiB reply a byte a second,"
+        f" io_timeout {IO_TIMEOUT:g} s"
+    )
+    figures.load = "4 HTTP clients (2 keep-alive, 2 fresh), 1 worker x 2 threads"
+    figures.count_load(load)
+    figures.recovery_s = held
+    figures.recovery = f"reply begun -> write given up, thread free: {seconds(held)}"
+    figures.bound = "write given up within io_timeout + 1 s; 0 failed; the other thread serves"
+    figures.note(
+        f"the slow reader took {reader.received} byte(s) of its reply;"
+        f" {answered_during} other requests answered while it held its thread"
+    )
+    assert ended[1].startswith("write failed"), ended[0]
+    assert held <= IO_TIMEOUT + 1.0, held
+    assert answered_during > 0, "the other thread answered nobody while one was held"
+    assert not load.failures, load.report()
