@@ -8,6 +8,7 @@ import socket
 import statistics
 import threading
 import time
+from typing import TypeVar
 
 import pytest
 from engine.harness import READY, LoadGenerator, http_get, wait_until
@@ -39,16 +40,44 @@ def measure(address: tuple[str, int], duration: float) -> tuple[float, LoadGener
     return load.successes / elapsed, load
 
 
-class Trickle:
+_Client = TypeVar("_Client", bound="PacedClient")
+
+
+class PacedClient:
+    """A client thread doing one step a second (the pace of the fault itself), stopped and
+    joined on leaving the ``with`` block."""
+
+    def __init__(self, name: str) -> None:
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self._run, name=name, daemon=True)
+
+    def _run(self) -> None:
+        raise NotImplementedError
+
+    def wait_for_tick(self, started: float, tick: int) -> bool:
+        """Wait until second ``tick`` after ``started``; ``True`` if told to stop."""
+        # The pace of the fault itself (a byte a second), not a synchronisation.
+        return self.stopping.wait(max(0.0, started + tick - time.monotonic()))
+
+    def __enter__(self: _Client) -> _Client:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stopping.set()
+        self.thread.join(10)
+        assert not self.thread.is_alive()
+
+
+class Trickle(PacedClient):
     """Sends each slowloris connection one more byte of its head every second."""
 
     def __init__(self, socks: list[socket.socket], seconds: int) -> None:
+        super().__init__("slowloris")
         self.socks = socks
         self.seconds = seconds
-        self.stopping = threading.Event()
         self.sent = 0
         self.errors: list[str] = []
-        self.thread = threading.Thread(target=self._run, name="slowloris", daemon=True)
 
     def _run(self) -> None:
         started = time.monotonic()
@@ -59,18 +88,8 @@ class Trickle:
                     self.sent += 1
                 except OSError as exc:
                     self.errors.append(f"{type(exc).__name__}: {exc}")
-            # The pace of the fault itself (a byte a second), not a synchronisation.
-            if self.stopping.wait(max(0.0, started + tick + 1 - time.monotonic())):
+            if self.wait_for_tick(started, tick + 1):
                 return
-
-    def __enter__(self) -> Trickle:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stopping.set()
-        self.thread.join(10)
-        assert not self.thread.is_alive()
 
 
 @pytest.mark.slow
@@ -136,14 +155,13 @@ def test_slowloris_and_silent_connections_leave_full_speed_to_everyone_else(
     assert ratio > 0.5, (without, [rate for rate, _ in during])
 
 
-class SlowReader:
+class SlowReader(PacedClient):
     """Reads one byte of its reply a second, until the server ends the reply or it is told."""
 
     def __init__(self, sock: socket.socket) -> None:
+        super().__init__("slow-reader")
         self.sock = sock
         self.received = 0
-        self.stopping = threading.Event()
-        self.thread = threading.Thread(target=self._run, name="slow-reader", daemon=True)
 
     def _run(self) -> None:
         started = time.monotonic()
@@ -156,18 +174,8 @@ class SlowReader:
                 return
             self.received += 1
             tick += 1
-            # The pace of the fault itself (a byte a second), not a synchronisation.
-            if self.stopping.wait(max(0.0, started + tick - time.monotonic())):
+            if self.wait_for_tick(started, tick):
                 return
-
-    def __enter__(self) -> SlowReader:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stopping.set()
-        self.thread.join(10)
-        assert not self.thread.is_alive()
 
 
 IO_TIMEOUT = 2.0
@@ -208,8 +216,7 @@ def test_a_client_reading_a_byte_a_second_holds_one_thread_for_at_most_io_timeou
         slow.close()
     assert server.worker_pids() == workers
     figures.fault = (
-        f"a client reading its {BIG >> 20} MiB reply a byte a second,"
-        f" io_timeout {IO_TIMEOUT:g} s"
+        f"a client reading its {BIG >> 20} MiB reply a byte a second, io_timeout {IO_TIMEOUT:g} s"
     )
     figures.load = "4 HTTP clients (2 keep-alive, 2 fresh), 1 worker x 2 threads"
     figures.count_load(load)
