@@ -116,8 +116,15 @@ class Scoreboard:
 
     def snapshot(self) -> list[SlotView]:
         """Every slot in use."""
-        views = [self.read(index) for index in range(self.slots)]
-        return [view for view in views if view.state != WorkerState.FREE]
+        # One unpack of the whole region, and views built only for slots in use: a
+        # saturated worker looks at the board every 10 ms, and most slots are free.
+        with memoryview(self._map) as region:
+            fields = list(_SLOT.iter_unpack(region[: self.slots * _SLOT.size]))
+        return [
+            SlotView(index, pid, generation, WorkerState(state), *rest)
+            for index, (pid, generation, state, *rest) in enumerate(fields)
+            if state != WorkerState.FREE
+        ]
 
     def free_slot(self) -> int:
         """Index of a free slot; raises ``RuntimeError`` when all are taken."""
