@@ -7,6 +7,7 @@ synchronise; waits are on log lines or poll a predicate until a deadline.
 from __future__ import annotations
 
 import contextlib
+import http.client
 import itertools
 import os
 import re
@@ -361,3 +362,48 @@ class CallLoad:
             lines = [f"{self.successes} successes, {len(self.failures)} failures"]
             lines += [f"  failure: {failure}" for failure in self.failures[:20]]
         return "\n".join(lines)
+
+
+# -- requests queued behind busy threads -------------------------------------------------------
+
+
+def fill_then_queue(
+    server: ServerProcess, busy: int, waiting: int
+) -> list[http.client.HTTPConnection]:
+    """Occupy ``busy`` threads with 1 s requests, then send ``waiting`` requests behind them.
+
+    With every thread busy no worker accepts, so the waiting ones sit in the kernel's
+    listen backlog (their ``connect()`` has completed).  Returns every connection, busy
+    ones first; the caller closes them.
+    """
+    conns: list[http.client.HTTPConnection] = []
+    try:
+        for _ in range(busy):
+            conn = http.client.HTTPConnection(*server.address, timeout=30)
+            conns.append(conn)
+            conn.request("GET", "/sleep?s=1")
+        server.wait_for_line(r"request /sleep\?s=1: sleeping", count=busy)
+        for _ in range(waiting):
+            conn = http.client.HTTPConnection(*server.address, timeout=30)
+            conns.append(conn)
+            conn.request("GET", "/pid")
+    except BaseException:
+        for conn in conns:
+            conn.close()
+        raise
+    return conns
+
+
+def collect_answers(
+    conns: list[http.client.HTTPConnection],
+) -> tuple[list[tuple[int, str]], list[str]]:
+    """Each connection's response ``(status, body)``, and the errors of those that got none."""
+    answers: list[tuple[int, str]] = []
+    errors: list[str] = []
+    for conn in conns:
+        try:
+            response = conn.getresponse()
+            answers.append((response.status, response.read().decode()))
+        except Exception as exc:
+            errors.append(f"{type(exc).__name__}: {exc}")
+    return answers, errors

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import http.client
 import os
 import signal
 import time
@@ -22,7 +21,16 @@ from engine.harness import (
     wait_until,
 )
 
-from .helpers import generation_line, logged_since, seconds, spread, time_of_day, wait_timed
+from .helpers import (
+    collect_answers,
+    fill_then_queue,
+    generation_line,
+    logged_since,
+    seconds,
+    spread,
+    time_of_day,
+    wait_timed,
+)
 
 WORKERS = 2
 THREADS = 4
@@ -159,26 +167,11 @@ def test_term_serves_every_connection_waiting_in_the_listen_backlog(start_server
                           "--graceful-timeout", 20)  # fmt: skip
     server.wait_for_line(READY, count=2)
     workers = server.wait_for_workers(2)
-    conns = [http.client.HTTPConnection(*server.address, timeout=30) for _ in range(busy_count)]
+    conns = fill_then_queue(server, busy_count, waiting_count)
     try:
-        for conn in conns:
-            conn.request("GET", "/sleep?s=1")
-        # Every thread is busy: both workers stop accepting...
-        server.wait_for_line(r"request /sleep\?s=1: sleeping", count=busy_count)
-        # ...so these wait in the kernel's listen backlog (connect() has completed).
-        for _ in range(waiting_count):
-            conn = http.client.HTTPConnection(*server.address, timeout=30)
-            conns.append(conn)
-            conn.request("GET", "/pid")
         term_at = time.monotonic()
         server.send(signal.SIGTERM)
-        answers, errors = [], []
-        for conn in conns:
-            try:
-                response = conn.getresponse()
-                answers.append((response.status, response.read().decode()))
-            except Exception as exc:
-                errors.append(f"{type(exc).__name__}: {exc}")
+        answers, errors = collect_answers(conns)
     finally:
         for conn in conns:
             conn.close()

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import http.client
 import os
 import signal
 import time
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
@@ -23,7 +23,9 @@ from engine.harness import (
 )
 
 from .helpers import (
+    collect_answers,
     fd_table,
+    fill_then_queue,
     generation_line,
     num_fds,
     seconds,
@@ -82,6 +84,20 @@ def check_afterwards(
     assert num_fds(master) == fds_before, fd_table(master)
 
 
+def serving_under_load(
+    start_server: Any, start_load: Any
+) -> tuple[ServerProcess, LoadGenerator, int]:
+    """A server of WORKERS x THREADS answering 8 clients from every worker: the server, the
+    load, and the master's fd count at rest before the storm."""
+    server = start_server("--kind", "http", "--workers", WORKERS, "--threads", THREADS)
+    server.wait_for_line(READY, count=WORKERS)
+    workers = server.wait_for_workers(WORKERS)
+    load = start_load(server.address, keepalive_clients=4, fresh_clients=4)
+    load.wait_for_answer_from(workers)
+    load.wait_for_successes(200)
+    return server, load, master_fds_at_rest(server, server.pid)
+
+
 def send_paced(
     server: ServerProcess, master: int, signals: list[signal.Signals], mark: int
 ) -> None:
@@ -103,14 +119,8 @@ def send_paced(
 )
 def test_100_hups_in_a_row(start_server, start_load, figures, paced: bool) -> None:
     storm = 100
-    server = start_server("--kind", "http", "--workers", WORKERS, "--threads", THREADS)
-    server.wait_for_line(READY, count=WORKERS)
+    server, load, fds_before = serving_under_load(start_server, start_load)
     master = server.pid
-    workers = server.wait_for_workers(WORKERS)
-    load = start_load(server.address, keepalive_clients=4, fresh_clients=4)
-    load.wait_for_answer_from(workers)
-    load.wait_for_successes(200)
-    fds_before = master_fds_at_rest(server, master)
 
     mark = server.mark()
     if paced:
@@ -155,14 +165,8 @@ def test_100_hups_in_a_row(start_server, start_load, figures, paced: bool) -> No
 @pytest.mark.timeout(180)
 def test_ttin_10_then_ttou_10(start_server, start_load, figures) -> None:
     storm = 10
-    server = start_server("--kind", "http", "--workers", WORKERS, "--threads", THREADS)
-    server.wait_for_line(READY, count=WORKERS)
+    server, load, fds_before = serving_under_load(start_server, start_load)
     master = server.pid
-    workers = server.wait_for_workers(WORKERS)
-    load = start_load(server.address, keepalive_clients=4, fresh_clients=4)
-    load.wait_for_answer_from(workers)
-    load.wait_for_successes(200)
-    fds_before = master_fds_at_rest(server, master)
 
     mark = server.mark()
     # Paced, so that the count is exact; the new workers are still booting when the first
@@ -263,28 +267,15 @@ def test_term_during_hup(start_server, figures) -> None:
                           "--boot-delay", 1, "--graceful-timeout", 20)  # fmt: skip
     server.wait_for_line(READY, count=WORKERS)
     workers = server.wait_for_workers(WORKERS)
-    conns = [http.client.HTTPConnection(*server.address, timeout=30) for _ in range(busy_count)]
-    answers, errors = [], []
+    conns = fill_then_queue(server, busy_count, waiting_count)
     try:
-        for conn in conns:
-            conn.request("GET", "/sleep?s=1")
-        server.wait_for_line(r"request /sleep\?s=1: sleeping", count=busy_count)
-        for _ in range(waiting_count):
-            conn = http.client.HTTPConnection(*server.address, timeout=30)
-            conns.append(conn)
-            conn.request("GET", "/pid")
         mark = server.mark()
         server.send(signal.SIGHUP)
         # The new generation is booting (post_fork takes 1 s): TERM now.
         server.wait_for_line(generation_line(SPAWNED, 2), since=mark)
         sent_at = time.monotonic()
         server.send(signal.SIGTERM)
-        for conn in conns:
-            try:
-                response = conn.getresponse()
-                answers.append((response.status, response.read().decode()))
-            except Exception as exc:
-                errors.append(f"{type(exc).__name__}: {exc}")
+        answers, errors = collect_answers(conns)
     finally:
         for conn in conns:
             conn.close()
