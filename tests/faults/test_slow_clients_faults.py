@@ -222,12 +222,12 @@ def test_a_client_reading_a_byte_a_second_holds_one_thread_for_at_most_io_timeou
     figures.count_load(load)
     figures.recovery_s = held
     figures.recovery = f"reply begun -> write given up, thread free: {seconds(held)}"
-    figures.bound = "write given up within io_timeout + 1 s; 0 failed; the other thread serves"
+    figures.bound = "write given up within io_timeout + 2 s; 0 failed; the other thread serves"
     figures.note(
         f"the slow reader took {reader.received} byte(s) of its reply;"
         f" {answered_during} other requests answered while it held its thread"
     )
     assert ended[1].startswith("write failed"), ended[0]
-    assert held <= IO_TIMEOUT + 1.0, held
+    assert held <= IO_TIMEOUT + 2.0, held
     assert answered_during > 0, "the other thread answered nobody while one was held"
     assert not load.failures, load.report()
