@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import psutil
-from engine.harness import APP, DEADLINE, LoadGenerator, ServerProcess, wait_until
+from engine.harness import APP, DEADLINE, READY, LoadGenerator, ServerProcess, wait_until
 
 # -- figures ------------------------------------------------------------------------------------
 
@@ -407,3 +407,18 @@ def collect_answers(
         except Exception as exc:
             errors.append(f"{type(exc).__name__}: {exc}")
     return answers, errors
+
+
+def http_server_under_load(
+    start_server: Any, start_load: Any, workers: int, threads: int
+) -> tuple[ServerProcess, set[int], LoadGenerator]:
+    """An HTTP engine server of ``workers`` x ``threads`` that 8 clients (4 keep-alive, 4
+    opening a connection per request) have heard from every worker: the server, its
+    worker pids, and the running load."""
+    server = start_server("--kind", "http", "--workers", workers, "--threads", threads)
+    server.wait_for_line(READY, count=workers)
+    pids = server.wait_for_workers(workers)
+    load = start_load(server.address, keepalive_clients=4, fresh_clients=4)
+    load.wait_for_answer_from(pids)
+    load.wait_for_successes(200)
+    return server, pids, load

@@ -27,6 +27,7 @@ from .helpers import (
     fd_table,
     fill_then_queue,
     generation_line,
+    http_server_under_load,
     num_fds,
     seconds,
     wait_for_fd_count,
@@ -89,12 +90,7 @@ def serving_under_load(
 ) -> tuple[ServerProcess, LoadGenerator, int]:
     """A server of WORKERS x THREADS answering 8 clients from every worker: the server, the
     load, and the master's fd count at rest before the storm."""
-    server = start_server("--kind", "http", "--workers", WORKERS, "--threads", THREADS)
-    server.wait_for_line(READY, count=WORKERS)
-    workers = server.wait_for_workers(WORKERS)
-    load = start_load(server.address, keepalive_clients=4, fresh_clients=4)
-    load.wait_for_answer_from(workers)
-    load.wait_for_successes(200)
+    server, _, load = http_server_under_load(start_server, start_load, WORKERS, THREADS)
     return server, load, master_fds_at_rest(server, server.pid)
 
 

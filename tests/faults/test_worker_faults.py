@@ -28,6 +28,7 @@ from engine.harness import (
 from .helpers import (
     fd_table,
     gaps,
+    http_server_under_load,
     logged_at,
     logged_since,
     occurrences,
@@ -74,12 +75,7 @@ def test_kill_9_of_a_worker_loses_at_most_its_in_flight_requests(
 ) -> None:
     """Five rounds: SIGKILL a serving worker; measure kill -> its replacement's ready line."""
     rounds = 5
-    server = start_server("--kind", "http", "--workers", WORKERS, "--threads", THREADS)
-    server.wait_for_line(READY, count=WORKERS)
-    workers = server.wait_for_workers(WORKERS)
-    load = start_load(server.address, keepalive_clients=4, fresh_clients=4)
-    load.wait_for_answer_from(workers)
-    load.wait_for_successes(200)
+    server, workers, load = http_server_under_load(start_server, start_load, WORKERS, THREADS)
 
     recoveries: list[float] = []
     windows: list[tuple[float, float]] = []
