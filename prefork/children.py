@@ -156,15 +156,10 @@ def fork_child(child_main: Callable[[], int]) -> int:
 
 def flush_std_streams() -> None:
     """Flush ``sys.stdout`` and ``sys.stderr``, ignoring a closed or broken stream."""
-    # Written out rather than with contextlib.suppress: see the note in reap().
-    stdout, stderr = sys.stdout, sys.stderr
-    try:
-        if stdout is not None:
-            stdout.flush()
-    except Exception:  # a closed or broken stream must not stop the fork
-        pass
-    try:
-        if stderr is not None:
-            stderr.flush()
-    except Exception:
-        pass
+    # try/except rather than contextlib.suppress: see the note in reap().
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            if stream is not None:
+                stream.flush()
+        except Exception:  # a closed or broken stream must not stop the fork
+            pass

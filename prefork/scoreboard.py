@@ -19,6 +19,7 @@ import os
 import struct
 import time
 from dataclasses import dataclass
+from typing import Any
 
 
 class WorkerState(enum.IntEnum):
@@ -37,6 +38,8 @@ _SLOT = struct.Struct("=qqqqqqddq")
 _PID, _GENERATION, _STATE, _REQUESTS, _BUSY, _THREADS, _HEARTBEAT, _OLDEST, _ACCEPTED = range(
     0, _SLOT.size, 8
 )
+#: The state's place among a slot's unpacked fields (each field is one 8-byte word).
+_STATE_FIELD = _STATE // 8
 
 
 @dataclass(frozen=True)
@@ -121,9 +124,9 @@ class Scoreboard:
         with memoryview(self._map) as region:
             fields = list(_SLOT.iter_unpack(region[: self.slots * _SLOT.size]))
         return [
-            SlotView(index, pid, generation, WorkerState(state), *rest)
-            for index, (pid, generation, state, *rest) in enumerate(fields)
-            if state != WorkerState.FREE
+            _view(index, slot)
+            for index, slot in enumerate(fields)
+            if slot[_STATE_FIELD] != WorkerState.FREE
         ]
 
     def free_slot(self) -> int:
@@ -161,25 +164,17 @@ class Scoreboard:
 
     def read(self, index: int) -> SlotView:
         """A snapshot of slot ``index``."""
-        pid, generation, state, requests, busy, threads, heartbeat, oldest, accepted = (
-            _SLOT.unpack_from(self._map, index * _SLOT.size)
-        )
-        return SlotView(
-            index,
-            pid,
-            generation,
-            WorkerState(state),
-            requests,
-            busy,
-            threads,
-            heartbeat,
-            oldest,
-            accepted,
-        )
+        return _view(index, _SLOT.unpack_from(self._map, index * _SLOT.size))
 
     def slot(self, index: int) -> WorkerSlot:
         """The writer side of slot ``index``, for the worker that owns it."""
         return WorkerSlot(self._map, index * _SLOT.size)
+
+
+def _view(index: int, fields: tuple[Any, ...]) -> SlotView:
+    """The view of slot ``index`` from its unpacked fields (in ``_SLOT``'s order)."""
+    pid, generation, state, *rest = fields
+    return SlotView(index, pid, generation, WorkerState(state), *rest)
 
 
 class WorkerSlot:
