@@ -196,21 +196,20 @@ class Harness:
             return result, shlex.join(cmd)
         return self._generator_load(case, port, duration)
 
-    def uses_c_echo(self, case: Case) -> bool:
-        """The C generator for TCP/UDP echo, when it was built."""
-        return self.echo_binary is not None and case.load in ("tcp", "udp")
+    def c_echo_binary(self, case: Case) -> Path | None:
+        """The C generator for ``case`` (TCP/UDP echo, when it was built), else ``None``."""
+        return self.echo_binary if case.load in ("tcp", "udp") else None
 
     def _generator_load(
         self, case: Case, port: int, duration: float
     ) -> tuple[dict[str, Any], str]:
         """Load from the Python generator's processes, or from one C echo generator."""
         timeout = "1" if case.load == "udp" else "5"
-        if self.echo_binary is not None and self.uses_c_echo(case):
+        c_binary = self.c_echo_binary(case)
+        if c_binary is not None:
             shares = [case.connections]
             cmds = [
-                echoload.command(
-                    self.echo_binary, case.load, port, case.connections, duration, timeout
-                )
+                echoload.command(c_binary, case.load, port, case.connections, duration, timeout)
             ]
         else:
             nprocs = max(1, min(self.args.loadgen_procs, case.connections))
@@ -259,7 +258,7 @@ class Harness:
         }
         shown = [*cmds[0]]
         shown[shown.index("--connections") + 1] = f"{shares[0]}"
-        if self.uses_c_echo(case):
+        if c_binary is not None:
             shown[0] = "bench/echoload"  # built from bench/echoload.c with cc -O2
         return result, f"{len(cmds)} x " + shlex.join(shown)
 

@@ -97,18 +97,25 @@ def echo_server(request: pytest.FixtureRequest) -> Iterator[tuple[str, int]]:
         server.server_close()
 
 
-@pytest.mark.timeout(120)
-@pytest.mark.skipif(echoload.compiler() is None, reason="no C compiler")
-def test_c_echo_generator_matches_the_python_one(
-    tmp_path: Path, echo_server: tuple[str, int]
-) -> None:
-    """The C echo generator builds, loads a real echo server and reports like loadgen.py."""
-    mode, port = echo_server
-    binary, why = echoload.build(tmp_path)
+@pytest.fixture(scope="module")
+def echoload_binary(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The C echo generator, built once for this module (skipped without a C compiler)."""
+    if echoload.compiler() is None:
+        pytest.skip("no C compiler")
+    binary, why = echoload.build(tmp_path_factory.mktemp("echoload"))
     assert binary is not None, why
+    return binary
+
+
+@pytest.mark.timeout(120)
+def test_c_echo_generator_matches_the_python_one(
+    echoload_binary: Path, echo_server: tuple[str, int]
+) -> None:
+    """The C echo generator loads a real echo server and reports like loadgen.py."""
+    mode, port = echo_server
     results = {}
     for name, cmd in {
-        "c": echoload.command(binary, mode, port, 4, 0.5, "1"),
+        "c": echoload.command(echoload_binary, mode, port, 4, 0.5, "1"),
         "python": [sys.executable, "-m", "bench.loadgen", mode, "--port", str(port),
                    "--connections", "4", "--duration", "0.5", "--timeout", "1"],
     }.items():  # fmt: skip
@@ -125,11 +132,8 @@ def test_c_echo_generator_matches_the_python_one(
 
 
 @pytest.mark.timeout(60)
-@pytest.mark.skipif(echoload.compiler() is None, reason="no C compiler")
-def test_c_echo_generator_counts_a_wrong_answer(tmp_path: Path) -> None:
+def test_c_echo_generator_counts_a_wrong_answer(echoload_binary: Path) -> None:
     """A server that answers with other bytes is counted as errors, not as round trips."""
-    binary, why = echoload.build(tmp_path)
-    assert binary is not None, why
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as server:
         server.bind(("127.0.0.1", 0))
         server.settimeout(0.2)
@@ -147,7 +151,7 @@ def test_c_echo_generator_counts_a_wrong_answer(tmp_path: Path) -> None:
         thread = threading.Thread(target=answer_wrongly)
         thread.start()
         try:
-            cmd = echoload.command(binary, "udp", port, 2, 0.3, "1")
+            cmd = echoload.command(echoload_binary, "udp", port, 2, 0.3, "1")
             done = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
         finally:
             stop.set()
@@ -158,13 +162,11 @@ def test_c_echo_generator_counts_a_wrong_answer(tmp_path: Path) -> None:
     assert result["errors"].get("status") == result["requests"]
 
 
-def test_c_echo_generator_refuses_bad_arguments(tmp_path: Path) -> None:
-    if echoload.compiler() is None:
-        pytest.skip("no C compiler")
-    binary, why = echoload.build(tmp_path)
-    assert binary is not None, why
+def test_c_echo_generator_refuses_bad_arguments(echoload_binary: Path) -> None:
     for argv in (["tcp"], ["ping", "--port", "1"], ["tcp", "--port", "0"],
                  ["tcp", "--port", "1", "--host", "localhost"]):  # fmt: skip
-        done = subprocess.run([str(binary), *argv], capture_output=True, text=True, timeout=30)
+        done = subprocess.run(
+            [str(echoload_binary), *argv], capture_output=True, text=True, timeout=30
+        )
         assert done.returncode == 2, (argv, done.stdout)
         assert done.stderr.strip(), argv
