@@ -68,6 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     groups: dict[str, Any] = {}
     for setting in settings.SETTINGS:
+        if not setting.flags:  # server hooks: functions, given in the config file
+            continue
         group = groups.get(setting.section)
         if group is None:
             group = groups[setting.section] = parser.add_argument_group(setting.section)
@@ -111,21 +113,27 @@ def main(argv: list[str] | None = None) -> int:
 
 def run(namespace: argparse.Namespace) -> int:
     """Validate, bind, and serve until stopped."""
-    from prefork.command import Command
+    from prefork.command import Command, apply_environment, change_directory
     from prefork.logs import configure_logging
 
     app = getattr(namespace, "app", None)
     cli = command_line_settings(namespace)
-    config_path = getattr(namespace, "config", None)
+    launch_dir = os.getcwd()
+    config_path = getattr(namespace, "config", None) or os.environ.get(config.CONFIG_ENV)
+    if config_path:  # read again on HUP, after --chdir
+        config_path = os.path.abspath(config_path)
     values, _ = config.load(cli, config_path)
     if getattr(namespace, "print_config", False):
-        print(json.dumps(values, indent=2, sort_keys=True))
+        print(json.dumps(values, indent=2, sort_keys=True, default=_printable))
         return 0
     if not app:
         raise ConfigError("no application given: prefork [OPTIONS] MODULE:OBJECT (see --help)")
+    change_directory(values["chdir"])
+    apply_environment(values["raw_env"])
     os.umask(values["umask"])  # before any file is created, the log file included
     configure_logging(values["loglevel"], values["logfile"], values["logconfig"])
     command = Command(app, values, cli, config_path)
+    command.launch_dir = launch_dir
     command.load_application()
     if getattr(namespace, "check_config", False):
         print(
@@ -133,3 +141,10 @@ def run(namespace: argparse.Namespace) -> int:
         )
         return 0
     return command.serve()
+
+
+def _printable(value: Any) -> str:
+    """JSON for what is not: a hook function is shown as ``module:name``."""
+    from prefork.hooks import reference_of
+
+    return reference_of(value) if callable(value) else repr(value)

@@ -16,7 +16,7 @@ import os
 import socket
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,7 @@ from prefork.appload import AppKind, application_sources, classify, load_object,
 from prefork.children import ExitedChild, fork_child
 from prefork.engine import PreforkMixIn
 from prefork.errors import ConfigError
+from prefork.hooks import run_hook
 from prefork.listeners import Bind
 from prefork.pidfile import Pidfile
 
@@ -87,8 +88,9 @@ def _base_class(kind: AppKind, bind: Bind, sock: socket.socket, app: Any) -> typ
 class CommandServer(PreforkMixIn):
     """The master side of ``prefork MODULE:OBJECT`` (mixed into each bind's server class).
 
-    Each hook does the command's part, then calls the application's own hook, when
-    the application is a server class that defines one (``super()``).
+    Each hook does the command's part, then calls the config file's hook of that
+    name (:mod:`prefork.hooks`), then the application's own hook, when the
+    application is a server class that defines one (``super()``).
     """
 
     publish_scoreboard = True
@@ -96,11 +98,22 @@ class CommandServer(PreforkMixIn):
 
     def post_fork(self, worker: Any) -> None:
         """Import the application in the new worker (unless it was preloaded)."""
+        run_hook(self.command.settings, "post_fork", self, worker, fatal=True)
         self.command.install_application(fresh=True)
+        run_hook(self.command.settings, "post_worker_init", worker, fatal=True)
         super().post_fork(worker)
+
+    def pre_fork(self, worker: Any) -> None:
+        run_hook(self.command.settings, "pre_fork", self, worker)
+        super().pre_fork(worker)
+
+    def worker_exit(self, worker: Any) -> None:
+        run_hook(self.command.settings, "worker_exit", self, worker)
+        super().worker_exit(worker)
 
     def when_ready(self) -> None:
         self.command.when_ready()
+        run_hook(self.command.settings, "when_ready", self)
         super().when_ready()
 
     def workers_ready(self) -> None:
@@ -109,6 +122,7 @@ class CommandServer(PreforkMixIn):
 
     def on_reload(self) -> None:
         self.command.reload_settings()
+        run_hook(self.command.settings, "on_reload", self)
         super().on_reload()
 
     def on_shutdown(self) -> None:
@@ -143,6 +157,8 @@ class Command:
         self.kind: AppKind | None = None
         self.app: Any = None
         self.upgrading_pid: int | None = None
+        #: Where the command was started (``--chdir`` moves away from it).
+        self.launch_dir = os.getcwd()
         self.sources: list[str] = []  # the application's own files, for --reload
         self._source_mtimes: dict[str, float] = {}
         self._sources_checked_at = 0.0
@@ -289,7 +305,7 @@ class Command:
         """``HUP``: re-read the config file and apply what can change without a restart."""
         systemd.reloading()
         try:
-            fresh, _ = config.load(self.command_line, self.config_path)
+            fresh, _ = config.load(self.command_line, self.config_path, cwd=Path(self.launch_dir))
         except ConfigError as exc:
             logger.error("reload: keeping the current settings: %s", exc)
             return
@@ -302,9 +318,11 @@ class Command:
             if not BY_NAME[name].reloadable:
                 logger.warning("reload: %s changed; it takes effect on restart", name)
                 continue
+            if name == "raw_env":
+                apply_environment(value, previous=self.settings[name])
             self.settings[name] = value
             applied.add(name)
-            logger.info("reload: %s = %r", name, value)
+            logger.info("reload: %s = %s", name, _shown(value))
         for server in self.servers:
             for setting, attribute in ENGINE_ATTRIBUTES.items():
                 setattr(server, attribute, self.settings[setting])
@@ -342,6 +360,8 @@ class Command:
         def exec_new_master() -> int:
             for fd in by_bind.values():
                 os.set_inheritable(fd, True)
+            os.chdir(self.launch_dir)  # the command line's relative paths are from there
+            run_hook(self.settings, "pre_exec", self.servers[0])
             os.execve(sys.executable, [sys.executable, *argv[1:]], env)
             return 1  # not reached
 
@@ -396,11 +416,14 @@ class Command:
             for _, sock in opened:
                 sock.close()
             raise
+        started = False
         try:
+            self._on_starting(primary)
             if self.settings["pidfile"]:
                 self.pidfile = Pidfile(self.settings["pidfile"])
                 self.pidfile.create(os.getpid())
             self._drop_privileges()
+            started = True
             primary.serve_forever()
         except BootError as exc:
             print(f"prefork: {exc}", file=sys.stderr)
@@ -409,7 +432,18 @@ class Command:
             primary.server_close()
             if self.pidfile is not None:
                 self.pidfile.unlink()
+            if started:
+                run_hook(self.settings, "on_exit", primary)
         return 0
+
+    def _on_starting(self, primary: Any) -> None:
+        try:
+            run_hook(self.settings, "on_starting", primary, fatal=True)
+        except Exception as exc:
+            logger.exception("the on_starting hook failed")
+            raise ConfigError(
+                f"the on_starting hook failed: {type(exc).__name__}: {exc}"
+            ) from None
 
     def _drop_privileges(self) -> None:
         from prefork.privileges import (
@@ -428,6 +462,36 @@ class Command:
             if server.socket.family == socket.AF_UNIX:
                 chown_unix_socket(server.socket.getsockname(), uid, gid)
         drop_privileges(uid, gid)
+
+
+def change_directory(path: str | None) -> None:
+    """``--chdir``: work (and import the application) from ``path``."""
+    if not path:
+        return
+    try:
+        os.chdir(path)
+    except OSError as exc:
+        raise ConfigError(f"cannot change to directory {path}: {exc.strerror}") from None
+
+
+def apply_environment(pairs: list[str], previous: Sequence[str] = ()) -> None:
+    """``-e KEY=VALUE``: set each variable; unset those only ``previous`` set."""
+    wanted = {}
+    for pair in pairs:
+        key, _, value = pair.partition("=")
+        wanted[key] = value
+    for pair in previous:
+        key = pair.partition("=")[0]
+        if key not in wanted:
+            os.environ.pop(key, None)
+    os.environ.update(wanted)
+
+
+def _shown(value: Any) -> str:
+    """A setting's value in the log: hook functions by name."""
+    from prefork.hooks import reference_of
+
+    return reference_of(value) if callable(value) else repr(value)
 
 
 def _mtimes(paths: list[str]) -> dict[str, float]:

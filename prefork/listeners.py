@@ -15,6 +15,7 @@ import contextlib
 import enum
 import errno
 import json
+import logging
 import os
 import re
 import socket
@@ -26,6 +27,8 @@ from prefork.errors import ConfigError
 
 #: Environment variable naming the listening fds a re-executed master inherits.
 INHERIT_ENV = "PREFORK_INHERITED_FDS"
+
+logger = logging.getLogger("prefork.listeners")
 
 
 class Kind(str, enum.Enum):
@@ -170,6 +173,8 @@ def _bind_inet(bind: Bind, backlog: int, reuse_port: bool) -> socket.socket:
     except socket.gaierror as exc:
         raise ConfigError(f"cannot bind {bind.text}: {exc.strerror}") from None
     family, _, proto, _, address = infos[0]
+    if reuse_port and bind.port:
+        _warn_if_shared(bind, family, sock_type, address)
     sock = socket.socket(family, sock_type, proto)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -182,6 +187,56 @@ def _bind_inet(bind: Bind, backlog: int, reuse_port: bool) -> socket.socket:
         sock.close()
         raise
     return sock
+
+
+def _warn_if_shared(bind: Bind, family: int, sock_type: int, address: tuple) -> None:
+    """Warn when ``--reuse-port`` would quietly share the port with another process.
+
+    With ``SO_REUSEPORT`` the kernel lets a second process bind a port that
+    another one (of the same user) listens on, and splits the connections
+    between them: an old server left running takes part of the traffic.  A
+    trial bind without the option fails exactly when someone holds the port.
+    For TCP the trial sets ``SO_REUSEADDR``, so that connections in TIME_WAIT
+    do not count; for UDP it must not, as UDP sockets share with it.
+    """
+    probe = socket.socket(family, sock_type)
+    try:
+        if sock_type == socket.SOCK_STREAM:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        probe.bind(address)
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            logger.warning(
+                "bind %s: another process%s already listens on this address; with"
+                " --reuse-port the kernel will share the connections with it",
+                bind.text,
+                _holder(bind.port, sock_type),
+            )
+    finally:
+        probe.close()
+
+
+def _holder(port: int, sock_type: int) -> str:
+    """`` (pid N)`` of the process bound to ``port``, when it can be seen."""
+    import psutil
+
+    kind = "tcp" if sock_type == socket.SOCK_STREAM else "udp"
+    try:
+        connections = psutil.net_connections(kind)
+    except (psutil.Error, OSError):
+        return ""
+    pids = sorted(
+        {
+            c.pid
+            for c in connections
+            if c.pid
+            and c.laddr
+            and c.laddr.port == port
+            and c.pid != os.getpid()
+            and (kind == "udp" or c.status == psutil.CONN_LISTEN)
+        }
+    )
+    return f" (pid {', '.join(map(str, pids))})" if pids else ""
 
 
 def _bind_unix(bind: Bind, backlog: int, mode: int | None) -> socket.socket:

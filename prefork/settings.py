@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from prefork.errors import ConfigError
+from prefork.hooks import HOOKS, hook_converter
 
 ENV_PREFIX = "PREFORK_"
 
@@ -127,6 +128,18 @@ def _memory(value: Any) -> int:
     return int(match[1]) * {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}[match[2]]
 
 
+def _environment_pairs(value: Any) -> list[str]:
+    """list of KEY=VALUE"""
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, list) or not all(isinstance(v, str) for v in items):
+        raise ValueError("KEY=VALUE or a list of them")
+    for item in items:
+        key, sep, _ = item.partition("=")
+        if not sep or not key.strip() or "\0" in item:
+            raise ValueError(f"KEY=VALUE, not {item!r}")
+    return list(items)
+
+
 def _optional_workers(value: Any) -> int | None:
     """integer >= 1 (default: the number of CPUs)"""
     return None if value in (None, "") else _integer(1)(value)
@@ -234,6 +247,12 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("umask", ("-m", "--umask"), _umask, 0o022,
             "Umask of the master and workers (octal).", "process", "UMASK",
             reloadable=False),
+    Setting("chdir", ("--chdir",), _optional_text, None,
+            "Change to this directory before loading the application (and import from it).",
+            "process", "DIR", reloadable=False),
+    Setting("raw_env", ("-e", "--env"), _environment_pairs, [],
+            "Set an environment variable for the master and workers: KEY=VALUE. Repeat it "
+            "for several.", "process", "KEY=VALUE", repeatable=True),
     # logging
     Setting("loglevel", ("--log-level",), _log_level, "info",
             "Log level: debug, info, warning, error, critical.", "logging", "LEVEL"),
@@ -245,6 +264,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("metrics_bind", ("--metrics-bind",), _optional_text, None,
             "Serve Prometheus metrics on this HOST:PORT (or unix:PATH), from the master.",
             "logging", "ADDRESS", reloadable=False),
+    # server hooks: config file (or PREFORK_* as MODULE:FUNCTION) only
+    *(Setting(hook.name, (), hook_converter(hook.name), None, f"Called in {hook.when}.",
+              "server hooks") for hook in HOOKS),
 )  # fmt: skip
 
 BY_NAME: dict[str, Setting] = {setting.name: setting for setting in SETTINGS}
@@ -316,7 +338,7 @@ def reference() -> str:
             section = s.section
             lines += ["", f"## {section.capitalize()}"]
         default = "the number of CPUs" if s.name == "workers" else f"`{s.default!r}`"
-        flags = ", ".join(f"`{flag}`" for flag in s.flags)
+        flags = ", ".join(f"`{flag}`" for flag in s.flags) or "config file"
         lines += [
             "",
             f"### `{s.name}`",
