@@ -11,7 +11,11 @@ of ``threads`` threads handles the requests.  The loop:
   scoreboard slot every turn;
 * stops gracefully on ``SIGTERM`` (stop accepting, serve what is already in
   the listen backlog and in flight, within ``graceful_timeout``), at once on
-  ``SIGINT``/``SIGQUIT`` or when the master dies (EOF on a pipe);
+  ``SIGINT``/``SIGQUIT``;
+* when the master dies (EOF on a pipe whose write end only the master holds)
+  stops accepting, leaves the backlog to whoever binds next, finishes the
+  requests it holds within ``graceful_timeout``, then exits (as gunicorn's
+  workers do);
 * after ``max_requests`` asks the master to replace it, and keeps serving
   until its replacement is ready and the master stops it.
 """
@@ -141,6 +145,7 @@ class Worker:
         self.to_park: collections.deque[HTTPConnection] = collections.deque()
         self.stop: Stop | None = None
         self.stop_deadline = 0.0
+        self.master_gone = False
         self.listening: set[int] = set()  # ids of the servers whose sockets are registered
         self.next_overflow_check = 0.0
         # The other workers' accept counts when the backlog was last seen waiting with
@@ -209,15 +214,14 @@ class Worker:
                 if tag == "waker":
                     self.waker.drain()
                 elif tag == "master":
-                    logger.warning("worker %d: master is gone, exiting", self.process.index)
-                    return ExitCode.MASTER_GONE
+                    self._master_gone()
                 elif isinstance(tag, HTTPConnection):
                     self._resume(tag)
                 else:
                     self._accept(tag)
             self._handle_signals()
             if self.stop is Stop.FAST:
-                return ExitCode.OK
+                return self._exit_code()
             self._park_returned_connections()
             now = time.monotonic()
             self._take_overflow(now)
@@ -229,10 +233,10 @@ class Worker:
                 self._notify(f"C {self.process.index}")
             if self.stop is Stop.GRACEFUL:
                 if self._drained():
-                    return ExitCode.OK
+                    return self._exit_code()
                 if now >= self.stop_deadline:
                     self._give_up_on_requests()
-                    return ExitCode.OK
+                    return self._exit_code()
             else:
                 self.server.service_actions()
 
@@ -272,14 +276,35 @@ class Worker:
 
                 reopen_log_files()
 
-    def _begin_graceful_stop(self) -> None:
+    def _master_gone(self) -> None:
+        """The master died: finish what this worker holds, take nothing new, exit.
+
+        The backlog is not drained: with no master to replace the workers, the
+        connections waiting there are for whichever server binds the address next.
+        """
+        assert self.master_alive_fd is not None
+        self.selector.unregister(self.master_alive_fd)
+        self.master_gone = True
+        assert self.pool is not None
+        logger.warning(
+            "worker %d: master is gone; finishing %d request(s), then exiting",
+            self.process.index,
+            self.pool.outstanding,
+        )
+        if self.stop is None:
+            self._begin_graceful_stop(drain_backlog=False)
+
+    def _exit_code(self) -> int:
+        return ExitCode.MASTER_GONE if self.master_gone else ExitCode.OK
+
+    def _begin_graceful_stop(self, *, drain_backlog: bool = True) -> None:
         """Stop accepting, take what already waits in the backlog, close idle connections."""
         self.stop = Stop.GRACEFUL
         self.stop_deadline = time.monotonic() + self.graceful_timeout
         self.slot.set_state(WorkerState.DRAINING)
         self._set_listening(False)
         for server in self.servers:
-            if server.socket.type == socket.SOCK_STREAM:
+            if drain_backlog and server.socket.type == socket.SOCK_STREAM:
                 self._accept(server, drain_backlog=True)
         # Idle keep-alive connections get a moment to send one last request,
         # answered with "this connection closes", rather than a close that

@@ -5,6 +5,7 @@ from __future__ import annotations
 import http.client
 import os
 import signal
+import time
 
 import pytest
 
@@ -177,20 +178,30 @@ def test_crash_loop_makes_the_master_exit_with_one_line_reason(start_server):
 
 
 @pytest.mark.timeout(60)
-def test_workers_exit_when_the_master_is_killed(start_server):
+def test_workers_finish_their_requests_then_exit_when_the_master_is_killed(start_server):
+    """As gunicorn's: an orphaned worker serves what it holds, accepts nothing new, exits."""
     server = start_server("--kind", "http", "--workers", 2, "--threads", 2)
     server.wait_for_line(READY, count=2)
     workers = server.wait_for_workers(2)
-    # One worker is busy with a long request and the other holds an idle connection.
+    # One worker is busy with a 3 s request and the other holds an idle connection.
     busy = http.client.HTTPConnection(*server.address, timeout=20)
     idle = http.client.HTTPConnection(*server.address, timeout=20)
+    late = http.client.HTTPConnection(*server.address, timeout=20)
     try:
         idle.request("GET", "/pid")
         idle.getresponse().read()
-        busy.request("GET", "/sleep?s=30")
-        server.wait_for_line(r"request /sleep\?s=30: sleeping")
+        busy.request("GET", "/sleep?s=3")
+        server.wait_for_line(r"request /sleep\?s=3: sleeping")
+        killed_at = time.monotonic()
         os.kill(server.pid, signal.SIGKILL)
         assert server.wait_exit() == -signal.SIGKILL
+        server.wait_for_line(r"master is gone; finishing", count=2)
+        # A connection made now waits in the backlog; no orphan takes it.
+        late.request("GET", "/pid")
+        response = busy.getresponse()
+        assert response.status == 200
+        assert parse_pid_body(response.read().decode())[0] in workers
+        assert 2.5 < time.monotonic() - killed_at < 10
         wait_until(
             lambda: all(pid_gone(pid) for pid in workers),
             timeout=10,
@@ -198,12 +209,13 @@ def test_workers_exit_when_the_master_is_killed(start_server):
             describe=server.describe,
         )
         assert not process_group_members(server.pid)
-        server.wait_for_line(r"master is gone, exiting", count=2)
         with pytest.raises((http.client.RemoteDisconnected, ConnectionResetError)):
-            busy.getresponse()
+            late.getresponse()
     finally:
-        busy.close()
-        idle.close()
+        # The orphans are not our children: the harness SIGKILLs the server's process
+        # group (its own session) on the way out, whatever happened here.
+        for conn in (busy, idle, late):
+            conn.close()
 
 
 @pytest.mark.timeout(60)
