@@ -272,7 +272,9 @@ class Master:
 
     def reopen_logs(self) -> None:
         """``USR1``: reopen the master's log files and tell the workers to do the same."""
-        reopen_log_files()
+        # Logged after the reopen, so that the line lands in the new file (the
+        # "received SIGUSR1" line went to the old one, now rotated away).
+        logger.info("master: reopened %d log file(s)", reopen_log_files())
         for worker in self.workers.values():
             self._signal(worker, signal.SIGUSR1)
 

@@ -274,7 +274,8 @@ class Worker:
             elif sig == signal.SIGUSR1:
                 from prefork.logs import reopen_log_files
 
-                reopen_log_files()
+                reopened = reopen_log_files()
+                logger.debug("worker %d: reopened %d log file(s)", self.process.index, reopened)
 
     def _master_gone(self) -> None:
         """The master died: finish what this worker holds, take nothing new, exit.

@@ -234,3 +234,18 @@ def test_an_exception_in_a_handler_does_not_take_the_worker_down(start_server):
     assert parse_pid_body(http_get(server.address)) == (worker, 1)
     assert server.worker_pids() == {worker}
     assert not server.find(EXITED)
+
+
+@pytest.mark.timeout(60)
+def test_usr1_logs_the_reopen_in_the_new_log_file(start_server, tmp_path):
+    log = tmp_path / "server.log"
+    server = start_server("--kind", "http", "--workers", 1, "--log-file", log)
+    server.wait_for_line(READY)
+    log.rename(tmp_path / "server.log.1")  # what logrotate does before it sends USR1
+    server.send(signal.SIGUSR1)
+    server.wait_for_line(r"master: reopened 1 log file\(s\)")
+    wait_until(
+        lambda: log.exists() and "master: reopened 1 log file(s)" in log.read_text(),
+        message="the reopen line in the new log file",
+        describe=server.describe,
+    )
