@@ -108,6 +108,8 @@ def main(argv: list[str] | None = None) -> int:
         return run(namespace)
     except ConfigError as exc:
         print(f"prefork: {exc}", file=sys.stderr)
+        if getattr(exc, "user_traceback", ""):  # where the user's code failed to import
+            print(exc.user_traceback, end="", file=sys.stderr)  # type: ignore[attr-defined]
         return 2
 
 

@@ -160,6 +160,7 @@ class Command:
         #: Where the command was started (``--chdir`` moves away from it).
         self.launch_dir = os.getcwd()
         self.sources: list[str] = []  # the application's own files, for --reload
+        self.socket_files: dict[str, int] = {}  # Unix socket file -> inode, removed at exit
         self._source_mtimes: dict[str, float] = {}
         self._sources_checked_at = 0.0
 
@@ -198,12 +199,30 @@ class Command:
                     systemd_fds=systemd_fds,
                 )
                 opened.append((bind, sock))
+                self._own_socket_file(listeners.owned_unix_path(bind, systemd_fds))
         except BaseException:
             for _, sock in opened:
                 sock.close()
             raise
         os.environ.pop(listeners.INHERIT_ENV, None)
         return opened
+
+    def _own_socket_file(self, path: str | None) -> None:
+        """Remember a socket file to remove at a clean stop (with its inode, to spot a
+        file that another process bound at the same path in the meantime)."""
+        if path is not None:
+            with contextlib.suppress(OSError):
+                self.socket_files[os.path.abspath(path)] = os.stat(path).st_ino
+
+    def remove_socket_files(self) -> None:
+        """Remove the Unix socket files this master's lineage bound, unless a new master
+        (``USR2``) has taken them over."""
+        if self.upgrading_pid is not None:
+            return
+        for path, inode in self.socket_files.items():
+            with contextlib.suppress(OSError):
+                if os.stat(path).st_ino == inode:
+                    os.unlink(path)
 
     def _bind_given(self) -> bool:
         if "bind" in self.command_line or "PREFORK_BIND" in os.environ:
@@ -430,6 +449,8 @@ class Command:
             return 3
         finally:
             primary.server_close()
+            if started:
+                self.remove_socket_files()
             if self.pidfile is not None:
                 self.pidfile.unlink()
             if started:

@@ -99,6 +99,8 @@ class WorkerProcess:
         self.stop_deadline: float | None = None
         self.dump_sent_at: float | None = None
         self.killed = False
+        #: Set when an earlier worker of this generation failed to boot (and logged why).
+        self.retrying_boot = False
 
     def __repr__(self) -> str:
         return f"<worker {self.index} pid={self.pid} generation={self.generation}>"
@@ -173,7 +175,7 @@ class Worker:
             self.parks_http = {id(s): drives_http_connections(s) for s in self.servers}
             self.pool = ThreadPool(self.threads, on_done=self._job_done, name="prefork-worker")
         except Exception as exc:
-            logger.exception("worker %d failed to boot", self.process.index)
+            self._log_boot_failure(exc)
             self._notify(f"F {self.process.index} {type(exc).__name__}: {exc}")
             return ExitCode.BOOT_ERROR
         # Never restored: a worker ends with os._exit, and a default SIGTERM
@@ -188,6 +190,23 @@ class Worker:
         except Exception:
             logger.exception("worker_exit hook failed")
         return code
+
+    def _log_boot_failure(self, exc: Exception) -> None:
+        """The user's traceback once per generation; later retries say it in one line."""
+        from prefork.appload import user_traceback
+        from prefork.errors import ConfigError
+
+        index = self.process.index
+        if self.process.retrying_boot:  # the master logs one line per retry
+            logger.debug("worker %d failed to boot again: %s: %s", index, type(exc).__name__, exc)
+            return
+        trimmed = getattr(exc, "user_traceback", None) or user_traceback(exc)
+        if trimmed:
+            logger.error("worker %d failed to boot: %s\n%s", index, exc, trimmed.rstrip("\n"))
+        elif isinstance(exc, ConfigError):
+            logger.error("worker %d failed to boot: %s", index, exc)
+        else:  # nothing of the user's code in it: prefork's own frames are the story
+            logger.exception("worker %d failed to boot", index)
 
     def _serve(self) -> int:
         self.selector.register(self.waker, selectors.EVENT_READ, "waker")
