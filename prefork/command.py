@@ -207,6 +207,15 @@ class Command:
         os.environ.pop(listeners.INHERIT_ENV, None)
         return opened
 
+    def check_binds(self) -> list[str]:
+        """``--check-config``: bind every listener, close it at once, and name them."""
+        opened = self.open_listeners()
+        names = [listeners.bind_text(sock) for _, sock in opened]
+        for _, sock in opened:
+            sock.close()
+        self.remove_socket_files()
+        return names
+
     def _own_socket_file(self, path: str | None) -> None:
         """Remember a socket file to remove at a clean stop (with its inode, to spot a
         file that another process bound at the same path in the meantime)."""
