@@ -42,7 +42,8 @@ def split_reference(reference: str) -> tuple[str, str]:
     """``"pkg.mod:obj.attr"`` -> ``("pkg.mod", "obj.attr")``; ConfigError if malformed."""
     module, sep, name = reference.partition(":")
     if not sep or not module or not name:
-        raise ConfigError(f"bad application {reference!r}: expected MODULE:OBJECT")
+        hint = " (only --wsgi takes MODULE alone, as MODULE:application)" if not sep else ""
+        raise ConfigError(f"bad application {reference!r}: expected MODULE:OBJECT{hint}")
     return module, name
 
 

@@ -204,10 +204,17 @@ def run(namespace: argparse.Namespace) -> int:
         return 0
     if not app:
         raise ConfigError("no application given: prefork [OPTIONS] MODULE:OBJECT (see --help)")
+    if values["wsgi"] and ":" not in app:
+        app = f"{app}:application"  # gunicorn's default object name
     change_directory(values["chdir"])
     apply_environment(values["raw_env"])
     os.umask(values["umask"])  # before any file is created, the log file included
-    configure_logging(values["loglevel"], values["logfile"], values["logconfig"])
+    configure_logging(
+        values["loglevel"],
+        values["logfile"],
+        values["logconfig"],
+        capture_output=values["capture_output"],
+    )
     command = Command(app, values, cli, config_path)
     command.launch_dir = launch_dir
     command.load_application()

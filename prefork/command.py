@@ -103,6 +103,10 @@ class CommandServer(PreforkMixIn):
         run_hook(self.command.settings, "post_worker_init", worker, fatal=True)
         super().post_fork(worker)
 
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """An application's exception: into the log (socketserver prints it to stderr)."""
+        logger.exception("error handling a request from %s", _peer(client_address))
+
     def pre_fork(self, worker: Any) -> None:
         run_hook(self.command.settings, "pre_fork", self, worker)
         super().pre_fork(worker)
@@ -363,7 +367,10 @@ class Command:
 
         try:
             configure_logging(
-                self.settings["loglevel"], self.settings["logfile"], self.settings["logconfig"]
+                self.settings["loglevel"],
+                self.settings["logfile"],
+                self.settings["logconfig"],
+                capture_output=self.settings["capture_output"],
             )
         except ConfigError as exc:
             logger.error("reload: keeping the current log handlers: %s", exc)
@@ -522,6 +529,14 @@ def _shown(value: Any) -> str:
     from prefork.hooks import reference_of
 
     return reference_of(value) if callable(value) else repr(value)
+
+
+def _peer(client_address: Any) -> str:
+    """A client address for the log: ``host:port``, or the Unix socket's peer."""
+    if isinstance(client_address, tuple) and len(client_address) >= 2:
+        host = f"[{client_address[0]}]" if ":" in str(client_address[0]) else client_address[0]
+        return f"{host}:{client_address[1]}"
+    return repr(client_address) if client_address else "a Unix socket client"
 
 
 def _mtimes(paths: list[str]) -> dict[str, float]:

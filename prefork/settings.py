@@ -260,6 +260,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("logfile", ("--log-file",), _optional_text, None,
             "Log to this file instead of stderr ('-' is stderr); USR1 reopens it.",
             "logging", "FILE"),
+    Setting("capture_output", ("--capture-output",), _boolean, False,
+            "Redirect the master's and workers' stdout and stderr into --log-file "
+            "(print(), wsgi.errors, http.server's request lines).", "logging",
+            flag_only=True, reloadable=False),
     Setting("logconfig", ("--log-config",), _optional_text, None,
             "A logging dictConfig in a TOML or JSON file.", "logging", "FILE"),
     Setting("metrics_bind", ("--metrics-bind",), _optional_text, None,

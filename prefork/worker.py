@@ -35,6 +35,7 @@ from typing import Any
 
 from prefork.keepalive import Gathered, HTTPConnection, Outcome, drives_http_connections
 from prefork.listeners import listen_backlog
+from prefork.logs import dump_stream
 from prefork.scoreboard import Scoreboard, WorkerSlot, WorkerState
 from prefork.signals import SignalQueue
 from prefork.threads import ThreadPool
@@ -168,8 +169,7 @@ class Worker:
         """Boot, serve until told to stop, and return the process exit code."""
         try:
             # Dumps every thread's stack on DUMP_SIGNAL (and fatal errors) before dying.
-            faulthandler.enable(file=sys.stderr, all_threads=True)
-            faulthandler.register(STACKS_SIGNAL, file=sys.stderr, all_threads=True)
+            _enable_stack_dumps()
             self.server.post_fork(self.process)
             # After post_fork: it may have installed the handler class.
             self.parks_http = {id(s): drives_http_connections(s) for s in self.servers}
@@ -290,6 +290,7 @@ class Worker:
                 from prefork.logs import reopen_log_files
 
                 reopen_log_files()
+                _enable_stack_dumps()  # the log file's descriptor changed
 
     def _begin_graceful_stop(self) -> None:
         """Stop accepting, take what already waits in the backlog, close idle connections."""
@@ -320,7 +321,9 @@ class Worker:
             self.pool.outstanding,
             self.graceful_timeout,
         )
-        faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
+        stream = dump_stream()
+        stream.flush()
+        faulthandler.dump_traceback(file=stream, all_threads=True)
 
     # -- accepting ----------------------------------------------------------------------------
 
@@ -568,6 +571,14 @@ class Worker:
         line = (message.replace("\n", " ")[:500] + "\n").encode("utf-8", "replace")
         with contextlib.suppress(OSError):  # the master is gone; the loop will notice
             os.write(self.notify_fd, line)
+
+
+def _enable_stack_dumps() -> None:
+    """Dump every thread's stack on DUMP_SIGNAL (and fatal errors) before dying, and on
+    STACKS_SIGNAL without dying, into the log file when there is one (else stderr)."""
+    stream = dump_stream()
+    faulthandler.enable(file=stream, all_threads=True)
+    faulthandler.register(STACKS_SIGNAL, file=stream, all_threads=True)
 
 
 def _jittered_limit(max_requests: int, jitter: int) -> int:
