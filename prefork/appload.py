@@ -57,9 +57,9 @@ def load_object(reference: str) -> Any:
     except ModuleNotFoundError as exc:
         if exc.name and module_name.startswith(exc.name):
             raise ConfigError(f"cannot import {module_name!r}: no such module") from None
-        raise ImportFailed.of(module_name, exc) from None
+        raise ApplicationImportError.of(module_name, exc) from None
     except Exception as exc:
-        raise ImportFailed.of(module_name, exc) from None
+        raise ApplicationImportError.of(module_name, exc) from None
     target: Any = module
     for part in attribute.split("."):
         try:
@@ -69,7 +69,7 @@ def load_object(reference: str) -> Any:
     return target
 
 
-class ImportFailed(ConfigError):
+class ApplicationImportError(ConfigError):
     """The application's own code raised while it was imported.
 
     The message stays one line; :attr:`user_traceback` holds the frames of the
@@ -81,7 +81,7 @@ class ImportFailed(ConfigError):
         self.user_traceback = user_traceback
 
     @classmethod
-    def of(cls, module_name: str, exc: BaseException) -> ImportFailed:
+    def of(cls, module_name: str, exc: BaseException) -> ApplicationImportError:
         """The error for ``exc``, raised while importing ``module_name``."""
         return cls(f"cannot import {module_name!r}: {_one_line(exc)}", user_traceback(exc))
 
@@ -102,7 +102,8 @@ def user_traceback(exc: BaseException) -> str:
 
 
 _MACHINERY_DIRS = tuple(
-    os.path.dirname(os.path.abspath(module.__file__ or "")) + os.sep for module in (prefork, importlib)
+    os.path.dirname(os.path.abspath(module.__file__ or "")) + os.sep
+    for module in (prefork, importlib)
 )
 
 
@@ -178,7 +179,7 @@ def probe(reference: str, *, wsgi: bool) -> tuple[AppKind, list[str]]:
     except ValueError:
         raise ConfigError(f"cannot load {reference}: the import crashed the process") from None
     if "error" in answer:
-        raise ImportFailed(answer["error"], answer.get("traceback", ""))
+        raise ApplicationImportError(answer["error"], answer.get("traceback", ""))
     return AppKind(answer["kind"]), list(answer["sources"])
 
 

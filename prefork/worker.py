@@ -29,7 +29,6 @@ import select
 import selectors
 import signal
 import socket
-import sys
 import time
 from typing import Any
 
@@ -197,8 +196,8 @@ class Worker:
         from prefork.errors import ConfigError
 
         index = self.process.index
-        if self.process.retrying_boot:  # the master logs one line per retry
-            logger.debug("worker %d failed to boot again: %s: %s", index, type(exc).__name__, exc)
+        if self.process.retrying_boot:  # the traceback was logged by the first failure
+            logger.error("worker %d failed to boot again: %s: %s", index, type(exc).__name__, exc)
             return
         trimmed = getattr(exc, "user_traceback", None) or user_traceback(exc)
         if trimmed:

@@ -180,7 +180,8 @@ def test_http_server_request_lines_and_stuck_worker_stacks_go_to_the_log_file(
     text = log.read_text()
     assert re.search(r'File ".*noisy.py", line 10 in application', text), text
     handler = launch(launched, app_dir, "-w", 1, "-b", "127.0.0.1:0",
-                     "--log-file", app_dir / "h.log", "--capture-output", "noisy:Handler")  # fmt: skip
+                     "--log-file", app_dir / "h.log", "--capture-output",
+                     "noisy:Handler")  # fmt: skip
     h_address = tcp_address(wait_for_text(app_dir / "h.log", r"listening on (\S+)$", handler)[1])
     wait_for_text(app_dir / "h.log", READY, handler)
     with pytest.raises(AssertionError, match="204"):
@@ -209,9 +210,9 @@ def test_without_capture_the_stacks_still_go_to_the_log_file(app_dir: Path, laun
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["-k", "gthread", "--wsgi", "myapp:wsgi_app"], r"unrecognized option -k: a gunicorn option"),
-        (["--wrkers", "2", "myapp:Hello"], r"unrecognized option --wrkers; did you mean --workers\?"),
-        (["--worker-class=gthread", "myapp:Hello"], r"unrecognized option --worker-class: a gunicorn"),
+        (["-k", "gthread", "--wsgi", "myapp:wsgi_app"], r"option -k: a gunicorn option"),
+        (["--wrkers", "2", "myapp:Hello"], r"option --wrkers; did you mean --workers\?"),
+        (["--worker-class=gthread", "myapp:Hello"], r"option --worker-class: a gunicorn"),
         (["-x", "myapp:Hello"], r"unrecognized option -x \(see prefork --help\)$"),
     ],
 )  # fmt: skip
