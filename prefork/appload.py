@@ -42,7 +42,8 @@ def split_reference(reference: str) -> tuple[str, str]:
     """``"pkg.mod:obj.attr"`` -> ``("pkg.mod", "obj.attr")``; ConfigError if malformed."""
     module, sep, name = reference.partition(":")
     if not sep or not module or not name:
-        raise ConfigError(f"bad application {reference!r}: expected MODULE:OBJECT")
+        hint = " (only --wsgi takes MODULE alone, as MODULE:application)" if not sep else ""
+        raise ConfigError(f"bad application {reference!r}: expected MODULE:OBJECT{hint}")
     return module, name
 
 
@@ -56,9 +57,9 @@ def load_object(reference: str) -> Any:
     except ModuleNotFoundError as exc:
         if exc.name and module_name.startswith(exc.name):
             raise ConfigError(f"cannot import {module_name!r}: no such module") from None
-        raise ConfigError(f"cannot import {module_name!r}: {_one_line(exc)}") from None
+        raise ApplicationImportError.of(module_name, exc) from None
     except Exception as exc:
-        raise ConfigError(f"cannot import {module_name!r}: {_one_line(exc)}") from None
+        raise ApplicationImportError.of(module_name, exc) from None
     target: Any = module
     for part in attribute.split("."):
         try:
@@ -66,6 +67,49 @@ def load_object(reference: str) -> Any:
         except AttributeError:
             raise ConfigError(f"{module_name!r} has no object {attribute!r}") from None
     return target
+
+
+class ApplicationImportError(ConfigError):
+    """The application's own code raised while it was imported.
+
+    The message stays one line; :attr:`user_traceback` holds the frames of the
+    user's code (prefork's and importlib's trimmed), for the log and stderr.
+    """
+
+    def __init__(self, message: str, user_traceback: str = "") -> None:
+        super().__init__(message)
+        self.user_traceback = user_traceback
+
+    @classmethod
+    def of(cls, module_name: str, exc: BaseException) -> ApplicationImportError:
+        """The error for ``exc``, raised while importing ``module_name``."""
+        return cls(f"cannot import {module_name!r}: {_one_line(exc)}", user_traceback(exc))
+
+
+def user_traceback(exc: BaseException) -> str:
+    """``exc``'s traceback without prefork's and importlib's frames ('' if none is left)."""
+    frames = [
+        frame
+        for frame in traceback.extract_tb(exc.__traceback__)
+        if not _is_machinery(frame.filename)
+    ]
+    if not frames and not isinstance(exc, SyntaxError):
+        return ""
+    lines = ["Traceback (most recent call last):\n"]
+    lines += traceback.format_list(frames)
+    lines += traceback.format_exception_only(type(exc), exc)
+    return "".join(lines)
+
+
+_MACHINERY_DIRS = tuple(
+    os.path.dirname(os.path.abspath(module.__file__ or "")) + os.sep
+    for module in (prefork, importlib)
+)
+
+
+def _is_machinery(filename: str) -> bool:
+    """A frame of prefork itself or of the import system, not of the user's code."""
+    return filename.startswith(_MACHINERY_DIRS) or filename.startswith("<frozen importlib")
 
 
 def classify(obj: Any, *, wsgi: bool, reference: str) -> AppKind:
@@ -114,7 +158,7 @@ def probe(reference: str, *, wsgi: bool) -> tuple[AppKind, list[str]]:
             kind = classify(obj, wsgi=wsgi, reference=reference)
             answer: dict[str, Any] = {"kind": kind.value, "sources": application_sources()}
         except ConfigError as exc:
-            answer = {"error": str(exc)}
+            answer = {"error": str(exc), "traceback": getattr(exc, "user_traceback", "")}
         except BaseException as exc:
             traceback.print_exc()
             answer = {"error": f"{reference}: {_one_line(exc)}"}
@@ -135,7 +179,7 @@ def probe(reference: str, *, wsgi: bool) -> tuple[AppKind, list[str]]:
     except ValueError:
         raise ConfigError(f"cannot load {reference}: the import crashed the process") from None
     if "error" in answer:
-        raise ConfigError(answer["error"])
+        raise ApplicationImportError(answer["error"], answer.get("traceback", ""))
     return AppKind(answer["kind"]), list(answer["sources"])
 
 

@@ -38,11 +38,53 @@ examples:
   prefork status -p /run/prefork.pid"""
 
 
+#: gunicorn options prefork does not have, with what to use instead.
+GUNICORN_ONLY = {
+    "-k": "prefork has one worker type, processes of --threads threads (gunicorn's gthread)",
+    "--worker-class": "prefork has one worker type, processes of --threads threads"
+    " (gunicorn's gthread)",
+    "--worker-connections": "each worker serves --threads requests at a time",
+    "-D": "prefork does not daemonize; run it under systemd or another supervisor",
+    "--daemon": "prefork does not daemonize; run it under systemd or another supervisor",
+    "--paste": "serve the WSGI application as MODULE:OBJECT with --wsgi",
+}
+
+
 class _Parser(argparse.ArgumentParser):
     """An argument parser whose errors are one line and exit 2."""
 
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"prefork: {message} (see prefork --help)\n")
+
+    def parse_args(self, args: Any = None, namespace: Any = None) -> Any:
+        """Parse, refusing an unknown option by its name (not by the value that follows it)."""
+        unknown = self.unknown_option(list(sys.argv[1:] if args is None else args))
+        if unknown:
+            self.error(unknown)
+        return super().parse_args(args, namespace)
+
+    def unknown_option(self, args: list[str]) -> str:
+        """``"unrecognized option -k; ..."`` for the first unknown option in ``args``."""
+        options = self._option_string_actions
+        expects_value = False
+        for arg in args:
+            if expects_value:
+                expects_value = False
+                continue
+            if arg == "--":
+                break
+            if not arg.startswith("-") or arg == "-" or _is_number(arg):
+                continue
+            if arg.startswith("--"):
+                name, attached = arg.partition("=")[0], "=" in arg
+                action = _by_prefix(options, name)
+            else:
+                name, attached = arg[:2], len(arg) > 2
+                action = options.get(name)
+            if action is None:
+                return _unrecognized(name, sorted(options))
+            expects_value = action.nargs != 0 and not attached
+        return ""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -77,15 +119,44 @@ def build_parser() -> argparse.ArgumentParser:
             group.add_argument(
                 *setting.flags, dest=setting.name, action="store_true", help=setting.help
             )
-        else:
-            group.add_argument(
-                *setting.flags,
-                dest=setting.name,
-                metavar=setting.metavar,
-                action="append" if setting.repeatable else "store",
-                help=setting.help,
-            )
+            continue
+        help_text = setting.help
+        if setting.default not in (None, []):
+            help_text += f" (default: {settings.shown_default(setting)})"
+        group.add_argument(
+            *setting.flags,
+            dest=setting.name,
+            metavar=setting.metavar,
+            action="append" if setting.repeatable else "store",
+            help=help_text.replace("%", "%%"),
+        )
     return parser
+
+
+def _by_prefix(options: dict[str, Any], name: str) -> Any:
+    """The action of long option ``name`` or of the one option it abbreviates."""
+    if name in options:
+        return options[name]
+    matches = {action for flag, action in options.items() if flag.startswith(name)}
+    return matches.pop() if len(matches) == 1 else None
+
+
+def _unrecognized(name: str, known: list[str]) -> str:
+    import difflib
+
+    text = f"unrecognized option {name}"
+    if name in GUNICORN_ONLY:
+        return f"{text}: a gunicorn option; {GUNICORN_ONLY[name]}"
+    close = difflib.get_close_matches(name, [flag for flag in known if flag.startswith("--")], n=1)
+    return f"{text}; did you mean {close[0]}?" if close else text
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def command_line_settings(namespace: argparse.Namespace) -> dict[str, Any]:
@@ -108,6 +179,8 @@ def main(argv: list[str] | None = None) -> int:
         return run(namespace)
     except ConfigError as exc:
         print(f"prefork: {exc}", file=sys.stderr)
+        if getattr(exc, "user_traceback", ""):  # where the user's code failed to import
+            print(exc.user_traceback, end="", file=sys.stderr)  # type: ignore[attr-defined]
         return 2
 
 
@@ -117,6 +190,8 @@ def run(namespace: argparse.Namespace) -> int:
     from prefork.logs import configure_logging
 
     app = getattr(namespace, "app", None)
+    for warning in settings.unknown_environment(os.environ):
+        print(f"prefork: warning: {warning}", file=sys.stderr)
     cli = command_line_settings(namespace)
     launch_dir = os.getcwd()
     config_path = getattr(namespace, "config", None) or os.environ.get(config.CONFIG_ENV)
@@ -124,21 +199,30 @@ def run(namespace: argparse.Namespace) -> int:
         config_path = os.path.abspath(config_path)
     values, _ = config.load(cli, config_path)
     if getattr(namespace, "print_config", False):
-        print(json.dumps(values, indent=2, sort_keys=True, default=_printable))
+        shown = {name: settings.shown_value(name, value) for name, value in values.items()}
+        print(json.dumps(shown, indent=2, sort_keys=True, default=_printable))
         return 0
     if not app:
         raise ConfigError("no application given: prefork [OPTIONS] MODULE:OBJECT (see --help)")
+    if values["wsgi"] and ":" not in app:
+        app = f"{app}:application"  # gunicorn's default object name
     change_directory(values["chdir"])
     apply_environment(values["raw_env"])
     os.umask(values["umask"])  # before any file is created, the log file included
-    configure_logging(values["loglevel"], values["logfile"], values["logconfig"])
+    configure_logging(
+        values["loglevel"],
+        values["logfile"],
+        values["logconfig"],
+        capture_output=values["capture_output"],
+    )
     command = Command(app, values, cli, config_path)
     command.launch_dir = launch_dir
     command.load_application()
     if getattr(namespace, "check_config", False):
-        print(
-            f"prefork: configuration OK; {app} is a {command.kind.value if command.kind else '?'}"
-        )
+        binds = command.check_binds()
+        kind = command.kind.value if command.kind else "?"
+        print(f"prefork: the configuration is valid: {app} loads as a {kind} application,"
+              f" and {', '.join(binds)} can be bound.")  # fmt: skip
         return 0
     return command.serve()
 

@@ -103,6 +103,10 @@ class CommandServer(PreforkMixIn):
         run_hook(self.command.settings, "post_worker_init", worker, fatal=True)
         super().post_fork(worker)
 
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """An application's exception: into the log (socketserver prints it to stderr)."""
+        logger.exception("error handling a request from %s", _peer(client_address))
+
     def pre_fork(self, worker: Any) -> None:
         run_hook(self.command.settings, "pre_fork", self, worker)
         super().pre_fork(worker)
@@ -160,6 +164,7 @@ class Command:
         #: Where the command was started (``--chdir`` moves away from it).
         self.launch_dir = os.getcwd()
         self.sources: list[str] = []  # the application's own files, for --reload
+        self.socket_files: dict[str, int] = {}  # Unix socket file -> inode, removed at exit
         self._source_mtimes: dict[str, float] = {}
         self._sources_checked_at = 0.0
 
@@ -198,12 +203,39 @@ class Command:
                     systemd_fds=systemd_fds,
                 )
                 opened.append((bind, sock))
+                self._own_socket_file(listeners.owned_unix_path(bind, systemd_fds))
         except BaseException:
             for _, sock in opened:
                 sock.close()
             raise
         os.environ.pop(listeners.INHERIT_ENV, None)
         return opened
+
+    def check_binds(self) -> list[str]:
+        """``--check-config``: bind every listener, close it at once, and name them."""
+        opened = self.open_listeners()
+        names = [listeners.bind_text(sock) for _, sock in opened]
+        for _, sock in opened:
+            sock.close()
+        self.remove_socket_files()
+        return names
+
+    def _own_socket_file(self, path: str | None) -> None:
+        """Remember a socket file to remove at a clean stop (with its inode, to spot a
+        file that another process bound at the same path in the meantime)."""
+        if path is not None:
+            with contextlib.suppress(OSError):
+                self.socket_files[os.path.abspath(path)] = os.stat(path).st_ino
+
+    def remove_socket_files(self) -> None:
+        """Remove the Unix socket files this master's lineage bound, unless a new master
+        (``USR2``) has taken them over."""
+        if self.upgrading_pid is not None:
+            return
+        for path, inode in self.socket_files.items():
+            with contextlib.suppress(OSError):
+                if os.stat(path).st_ino == inode:
+                    os.unlink(path)
 
     def _bind_given(self) -> bool:
         if "bind" in self.command_line or "PREFORK_BIND" in os.environ:
@@ -335,7 +367,10 @@ class Command:
 
         try:
             configure_logging(
-                self.settings["loglevel"], self.settings["logfile"], self.settings["logconfig"]
+                self.settings["loglevel"],
+                self.settings["logfile"],
+                self.settings["logconfig"],
+                capture_output=self.settings["capture_output"],
             )
         except ConfigError as exc:
             logger.error("reload: keeping the current log handlers: %s", exc)
@@ -430,6 +465,8 @@ class Command:
             return 3
         finally:
             primary.server_close()
+            if started:
+                self.remove_socket_files()
             if self.pidfile is not None:
                 self.pidfile.unlink()
             if started:
@@ -492,6 +529,14 @@ def _shown(value: Any) -> str:
     from prefork.hooks import reference_of
 
     return reference_of(value) if callable(value) else repr(value)
+
+
+def _peer(client_address: Any) -> str:
+    """A client address for the log: ``host:port``, or the Unix socket's peer."""
+    if isinstance(client_address, tuple) and len(client_address) >= 2:
+        host = f"[{client_address[0]}]" if ":" in str(client_address[0]) else client_address[0]
+        return f"{host}:{client_address[1]}"
+    return repr(client_address) if client_address else "a Unix socket client"
 
 
 def _mtimes(paths: list[str]) -> dict[str, float]:

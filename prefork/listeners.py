@@ -119,6 +119,19 @@ def open_listener(
         raise ConfigError(f"cannot bind {bind.text}: {exc.strerror or exc}") from None
 
 
+def owned_unix_path(bind: Bind, systemd_fds: list[tuple[int, str]]) -> str | None:
+    """The socket file prefork binds (or a previous prefork master bound) for ``bind``.
+
+    ``None`` for a non-Unix bind and for a socket someone else passed
+    (``fd://``, systemd): its file is theirs to remove.
+    """
+    if bind.kind not in (Kind.UNIX, Kind.UNIX_DGRAM):
+        return None
+    if _find_passed_fd(bind, {}, systemd_fds) is not None:
+        return None
+    return bind.path
+
+
 def _find_passed_fd(
     bind: Bind, inherited: Mapping[str, int], systemd_fds: list[tuple[int, str]]
 ) -> int | None:
@@ -297,6 +310,12 @@ def describe(sock: socket.socket) -> str:
     scheme = "tcp" if sock.type == socket.SOCK_STREAM else "udp"
     host = f"[{name[0]}]" if sock.family == socket.AF_INET6 else name[0]
     return f"{scheme}://{host}:{name[1]}"
+
+
+def bind_text(sock: socket.socket) -> str:
+    """A bound socket in ``--bind`` syntax: ``127.0.0.1:8000``, ``[::1]:8000``, ``unix:PATH``."""
+    text = describe(sock)
+    return text.removeprefix("tcp://")
 
 
 def listen_backlog(cls: type) -> int:

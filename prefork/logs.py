@@ -3,6 +3,12 @@
 from __future__ import annotations
 
 import logging
+import os
+import sys
+from typing import IO, Any
+
+#: The file handler whose file stdout and stderr were redirected into (``--capture-output``).
+_capturing: logging.FileHandler | None = None
 
 
 def reopen_log_files() -> int:
@@ -33,6 +39,8 @@ def reopen_log_files() -> int:
                 failures.append((handler.baseFilename, error))
                 continue
             old, handler.stream = handler.stream, stream
+            if handler is _capturing:
+                _redirect_std_streams(stream)
             old.close()
             reopened += 1
         finally:
@@ -49,12 +57,17 @@ def reopen_log_files() -> int:
 LOG_FORMAT = "%(asctime)s [%(process)d] [%(levelname)s] %(name)s: %(message)s"
 
 
-def configure_logging(level: str, logfile: str | None, logconfig: str | None) -> None:
+def configure_logging(
+    level: str, logfile: str | None, logconfig: str | None, *, capture_output: bool = False
+) -> None:
     """Set up the root logger for the command: a dictConfig file, or one handler.
 
-    ``logfile`` of ``None`` or ``"-"`` logs to stderr.  Errors are
+    ``logfile`` of ``None`` or ``"-"`` logs to stderr.  ``capture_output``
+    redirects the process's stdout and stderr (file descriptors 1 and 2, so
+    children inherit it) into the log file.  Errors are
     :class:`~prefork.errors.ConfigError` with one line.
     """
+    global _capturing
     import logging.config
 
     from prefork.errors import ConfigError
@@ -80,6 +93,30 @@ def configure_logging(level: str, logfile: str | None, logconfig: str | None) ->
         old.close()
     root.addHandler(handler)
     root.setLevel(level.upper())
+    if capture_output and isinstance(handler, logging.FileHandler) and handler.stream:
+        _capturing = handler
+        _redirect_std_streams(handler.stream)
+
+
+def _redirect_std_streams(stream: IO[str]) -> None:
+    """Point file descriptors 1 and 2 at ``stream``'s file (``print()``, tracebacks, dumps)."""
+    for std in (sys.stdout, sys.stderr):
+        if std is not None:
+            std.flush()
+    for fd in (1, 2):
+        os.dup2(stream.fileno(), fd)
+
+
+def dump_stream() -> Any:
+    """Where stack dumps go: the root logger's log file if it has one, else stderr.
+
+    ``faulthandler`` writes to a file descriptor, not through a handler, so
+    the dumps of a stuck worker reach the log file only this way.
+    """
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler) and handler.stream is not None:
+            return handler.stream
+    return sys.stderr
 
 
 def _read_dict_config(path: str) -> dict[str, object]:

@@ -36,6 +36,7 @@ from typing import Any
 import psutil
 
 from prefork.children import ChildProcesses, ExitedChild, fork_child
+from prefork.listeners import bind_text
 from prefork.logs import reopen_log_files
 from prefork.proctitle import set_title
 from prefork.scoreboard import SHM_DIR, Scoreboard, SlotView, WorkerState, published_path
@@ -157,7 +158,7 @@ class Master:
             logger.info(
                 "master %d: serving %s with %d worker(s) x %d thread(s)",
                 os.getpid(),
-                self.server.server_address,
+                ", ".join(_listener_texts(self.server)),
                 self.target,
                 self.server.threads,
             )
@@ -170,11 +171,17 @@ class Master:
                 self.turn()
                 if self.metrics is not None:
                     self.metrics.expire(time.monotonic())
+        logger.info("master %d exiting (%s)", os.getpid(), self._exit_reason())
         if self.gave_up:
             raise BootError(
                 f"workers failed to boot {self.boot_failures} times in a row"
                 f" (last: {self.last_boot_failure})"
             )
+
+    def _exit_reason(self) -> str:
+        if self.gave_up:
+            return "workers failed to boot"
+        return "graceful stop" if self.phase is Phase.STOPPING_GRACEFULLY else "fast stop"
 
     def turn(self) -> None:
         """One turn of the loop: signals, notices, reaping, timeouts, worker count."""
@@ -323,6 +330,7 @@ class Master:
         index = self.scoreboard.free_slot()
         self.scoreboard.claim(index, 0, self.generation)
         worker = WorkerProcess(index, self.generation)
+        worker.retrying_boot = self.boot_failures > 0
         self.server.pre_fork(worker)
         blocked = signal.pthread_sigmask(signal.SIG_BLOCK, MASTER_SIGNALS)
         try:
@@ -659,6 +667,17 @@ def _why_stuck(worker: WorkerProcess, slot: SlotView, now: float, timeout: float
         return f"no heartbeat for {now - slot.heartbeat:.1f}s"
     longest = slot.longest_request(now)
     return f"a request has run for {longest:.1f}s" if longest > timeout else ""
+
+
+def _listener_texts(server: Any) -> list[str]:
+    """Each listener of ``server`` (and its extra servers) in ``--bind`` syntax."""
+    texts = []
+    for each in (server, *getattr(server, "extra_servers", ())):
+        try:
+            texts.append(bind_text(each.socket))
+        except (AttributeError, OSError):  # no socket of its own (a custom server)
+            texts.append(repr(getattr(each, "server_address", "?")))
+    return texts
 
 
 def _metrics_endpoint(server: Any, master: Master) -> Any:

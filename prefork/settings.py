@@ -198,8 +198,9 @@ SETTINGS: tuple[Setting, ...] = (
             "Threads per worker; a worker accepts only while one is idle.",
             "worker processes", "INT"),
     Setting("timeout", ("-t", "--timeout"), _seconds, 30.0,
-            "A worker silent this long, or with a request running this long, is stuck: "
-            "it is replaced, then killed (its stacks go to the log).",
+            "A worker silent this long, or with a request running this long, is stuck: a new "
+            "worker replaces it at once, and its requests are cut graceful-timeout seconds "
+            "later (30 s + 30 s with the defaults; its stacks go to the log).",
             "worker processes", "SECONDS"),
     Setting("graceful_timeout", ("--graceful-timeout",), _seconds, 30.0,
             "Seconds a stopping worker gets to finish its requests.",
@@ -259,6 +260,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("logfile", ("--log-file",), _optional_text, None,
             "Log to this file instead of stderr ('-' is stderr); USR1 reopens it.",
             "logging", "FILE"),
+    Setting("capture_output", ("--capture-output",), _boolean, False,
+            "Redirect the master's and workers' stdout and stderr into --log-file "
+            "(print(), wsgi.errors, http.server's request lines).", "logging",
+            flag_only=True, reloadable=False),
     Setting("logconfig", ("--log-config",), _optional_text, None,
             "A logging dictConfig in a TOML or JSON file.", "logging", "FILE"),
     Setting("metrics_bind", ("--metrics-bind",), _optional_text, None,
@@ -313,6 +318,44 @@ def from_environment(environ: Mapping[str, str]) -> dict[str, Any]:
             raw = [part.strip() for part in raw.split(",") if part.strip()]
         result[setting.name] = _convert(setting, raw, setting.env)
     return result
+
+
+#: ``PREFORK_*`` variables that are not settings but are the command's own.
+OTHER_VARIABLES = frozenset({"PREFORK_CONFIG", "PREFORK_UPGRADED_FROM", "PREFORK_INHERITED_FDS"})
+
+
+#: Settings that are file modes, shown in octal.
+OCTAL_SETTINGS = frozenset({"umask", "unix_socket_mode"})
+
+
+def shown_value(name: str, value: Any) -> Any:
+    """A setting's value as a user writes it: modes in octal (``"0o022"``, not 18)."""
+    if name in OCTAL_SETTINGS and isinstance(value, int):
+        return f"0o{value:03o}"
+    return value
+
+
+def shown_default(setting: Setting) -> str:
+    """A setting's default as ``--help`` shows it (``30``, not ``30.0``)."""
+    value = shown_value(setting.name, setting.default)
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return ", ".join(value) if isinstance(value, list) else str(value)
+
+
+def unknown_environment(environ: Mapping[str, str]) -> list[str]:
+    """A warning for each ``PREFORK_*`` variable that is no setting (a typo, most often)."""
+    import difflib
+
+    known = {setting.env for setting in SETTINGS}
+    warnings = []
+    for name in sorted(environ):
+        if not name.startswith(ENV_PREFIX) or name in known or name in OTHER_VARIABLES:
+            continue
+        close = difflib.get_close_matches(name, sorted(known), n=1)
+        hint = f"; did you mean {close[0]}?" if close else ""
+        warnings.append(f"{name} is not a setting, ignored{hint}")
+    return warnings
 
 
 def merged(*layers: Mapping[str, Any]) -> dict[str, Any]:

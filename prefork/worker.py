@@ -33,12 +33,12 @@ import select
 import selectors
 import signal
 import socket
-import sys
 import time
 from typing import Any
 
 from prefork.keepalive import Gathered, HTTPConnection, Outcome, drives_http_connections
 from prefork.listeners import listen_backlog
+from prefork.logs import dump_stream
 from prefork.scoreboard import Scoreboard, WorkerSlot, WorkerState
 from prefork.signals import SignalQueue
 from prefork.threads import ThreadPool
@@ -103,6 +103,8 @@ class WorkerProcess:
         self.stop_deadline: float | None = None
         self.dump_sent_at: float | None = None
         self.killed = False
+        #: Set when an earlier worker of this generation failed to boot (and logged why).
+        self.retrying_boot = False
 
     def __repr__(self) -> str:
         return f"<worker {self.index} pid={self.pid} generation={self.generation}>"
@@ -171,14 +173,13 @@ class Worker:
         """Boot, serve until told to stop, and return the process exit code."""
         try:
             # Dumps every thread's stack on DUMP_SIGNAL (and fatal errors) before dying.
-            faulthandler.enable(file=sys.stderr, all_threads=True)
-            faulthandler.register(STACKS_SIGNAL, file=sys.stderr, all_threads=True)
+            _enable_stack_dumps()
             self.server.post_fork(self.process)
             # After post_fork: it may have installed the handler class.
             self.parks_http = {id(s): drives_http_connections(s) for s in self.servers}
             self.pool = ThreadPool(self.threads, on_done=self._job_done, name="prefork-worker")
         except Exception as exc:
-            logger.exception("worker %d failed to boot", self.process.index)
+            self._log_boot_failure(exc)
             self._notify(f"F {self.process.index} {type(exc).__name__}: {exc}")
             return ExitCode.BOOT_ERROR
         # Never restored: a worker ends with os._exit, and a default SIGTERM
@@ -193,6 +194,23 @@ class Worker:
         except Exception:
             logger.exception("worker_exit hook failed")
         return code
+
+    def _log_boot_failure(self, exc: Exception) -> None:
+        """The user's traceback once per generation; later retries say it in one line."""
+        from prefork.appload import user_traceback
+        from prefork.errors import ConfigError
+
+        index = self.process.index
+        if self.process.retrying_boot:  # the traceback was logged by the first failure
+            logger.error("worker %d failed to boot again: %s: %s", index, type(exc).__name__, exc)
+            return
+        trimmed = getattr(exc, "user_traceback", None) or user_traceback(exc)
+        if trimmed:
+            logger.error("worker %d failed to boot: %s\n%s", index, exc, trimmed.rstrip("\n"))
+        elif isinstance(exc, ConfigError):
+            logger.error("worker %d failed to boot: %s", index, exc)
+        else:  # nothing of the user's code in it: prefork's own frames are the story
+            logger.exception("worker %d failed to boot", index)
 
     def _serve(self) -> int:
         self.selector.register(self.waker, selectors.EVENT_READ, "waker")
@@ -275,6 +293,7 @@ class Worker:
                 from prefork.logs import reopen_log_files
 
                 reopened = reopen_log_files()
+                _enable_stack_dumps()  # the log file's descriptor changed
                 logger.debug("worker %d: reopened %d log file(s)", self.process.index, reopened)
 
     def _master_gone(self) -> None:
@@ -327,7 +346,9 @@ class Worker:
             self.pool.outstanding,
             self.graceful_timeout,
         )
-        faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
+        stream = dump_stream()
+        stream.flush()
+        faulthandler.dump_traceback(file=stream, all_threads=True)
 
     # -- accepting ----------------------------------------------------------------------------
 
@@ -575,6 +596,14 @@ class Worker:
         line = (message.replace("\n", " ")[:500] + "\n").encode("utf-8", "replace")
         with contextlib.suppress(OSError):  # the master is gone; the loop will notice
             os.write(self.notify_fd, line)
+
+
+def _enable_stack_dumps() -> None:
+    """Dump every thread's stack on DUMP_SIGNAL (and fatal errors) before dying, and on
+    STACKS_SIGNAL without dying, into the log file when there is one (else stderr)."""
+    stream = dump_stream()
+    faulthandler.enable(file=stream, all_threads=True)
+    faulthandler.register(STACKS_SIGNAL, file=stream, all_threads=True)
 
 
 def _jittered_limit(max_requests: int, jitter: int) -> int:

@@ -136,7 +136,7 @@ def test_settings_precedence_file_env_command_line(app_dir: Path) -> None:
         (["-u", "no-such-user-x", "myapp:Hello"], {}, "unknown user 'no-such-user-x'"),
         (["-g", "no-such-group-x", "myapp:Hello"], {}, "unknown group 'no-such-group-x'"),
         (["--log-level", "loud", "myapp:Hello"], {}, "bad value 'loud' for loglevel"),
-        (["--bogus-option", "myapp:Hello"], {}, "unrecognized arguments: --bogus-option"),
+        (["--bogus-option", "myapp:Hello"], {}, "unrecognized option --bogus-option"),
         ([], {}, "no application given"),
     ],
 )

@@ -28,6 +28,7 @@ import importlib.util
 import inspect
 import io
 import os
+import re
 import shlex
 import signal
 import socket
@@ -302,6 +303,10 @@ def _prefork_commands() -> list[tuple[str, list[str]]]:
 
 
 COMMANDS = _prefork_commands()
+UNBINDABLE = re.compile(
+    r"prefork: (cannot bind unix:/run/\S+: No such file or directory"
+    r"|bind 'fd://\w+': no such socket was passed to prefork)"
+)
 
 
 def _prefork_executable() -> list[str]:
@@ -324,7 +329,10 @@ def test_console_prefork_command(where: str, argv: list[str]) -> None:
         timeout=RUN_TIMEOUT,
         stdin=subprocess.DEVNULL,
     )
-    assert result.returncode == 0, (
+    # --check-config loads the application, then tries the binds: an address this machine
+    # lacks (a systemd socket name, a directory under /run) is the only failure accepted.
+    unbindable = result.returncode == 2 and UNBINDABLE.fullmatch(result.stderr.strip())
+    assert result.returncode == 0 or unbindable, (
         f"{where}: `{shlex.join(argv)} --check-config` exited {result.returncode}\n"
         f"{result.stdout}{result.stderr}"
     )
