@@ -9,12 +9,17 @@ afresh and picks up a renewed certificate.
 
 from __future__ import annotations
 
+import logging
 import os
+import socket
 import ssl
+from typing import Any
 
 from prefork.errors import ConfigError
 
-__all__ = ["CERT_REQS", "server_context"]
+__all__ = ["CERT_REQS", "serve_tls", "server_context", "tls_context"]
+
+logger = logging.getLogger(__name__)
 
 #: gunicorn's ``--cert-reqs`` values: 0 none, 1 optional, 2 required.
 CERT_REQS = {0: ssl.CERT_NONE, 1: ssl.CERT_OPTIONAL, 2: ssl.CERT_REQUIRED}
@@ -68,3 +73,29 @@ def _reason(exc: OSError) -> str:
     """The short reason of an SSL or OS error (``KEY_VALUES_MISMATCH``...)."""
     reason = getattr(exc, "reason", None)
     return str(reason or exc.strerror or exc).lower().replace("_", " ")
+
+
+def tls_context(server: object) -> ssl.SSLContext | None:
+    """The context for ``server``'s ``ssl_options`` (built anew: a worker calls it after fork)."""
+    options = getattr(server, "ssl_options", None)
+    return server_context(**options) if options else None
+
+
+def serve_tls(
+    server: Any, context: ssl.SSLContext, sock: socket.socket, client_address: Any, limit: float
+) -> None:
+    """Handshake on ``sock`` (at most ``limit`` seconds), then serve it as ``server`` would.
+
+    A failed or stalled handshake (a plain-HTTP client, a refused client
+    certificate, a silent peer) closes the connection; the worker serves on.
+    """
+    sock.settimeout(limit)
+    try:
+        tls_sock = context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+        tls_sock.do_handshake()
+    except (OSError, ValueError) as exc:
+        logger.debug("TLS handshake with %s failed: %s", client_address, exc)
+        server.shutdown_request(sock)
+        return
+    tls_sock.settimeout(getattr(server, "io_timeout", None))
+    server.process_request_thread(tls_sock, client_address)
