@@ -258,11 +258,29 @@ class Command:
             self.install_application(fresh=False)
         return primary
 
+    def _ssl_options(self, sock: socket.socket) -> dict[str, Any] | None:
+        """``server_context`` keywords for a TLS stream bind, checked here in the master."""
+        settings = self.settings
+        if not settings["certfile"] or sock.type != socket.SOCK_STREAM:
+            return None
+        from prefork.tls import server_context
+
+        options = {
+            "certfile": settings["certfile"],
+            "keyfile": settings["keyfile"],
+            "ca_certs": settings["ca_certs"],
+            "cert_reqs": settings["cert_reqs"],
+            "ciphers": settings["ciphers"],
+        }
+        server_context(**options)  # a bad file is a ConfigError now, not in every worker
+        return options
+
     def _make_server(self, base: type, sock: socket.socket) -> Any:
         attributes: dict[str, Any] = {"command": self}
         for setting, attribute in ENGINE_ATTRIBUTES.items():
             attributes[attribute] = self.settings[setting]
         attributes["request_queue_size"] = self.settings["backlog"]
+        attributes["ssl_options"] = self._ssl_options(sock)
         cls = type(f"Prefork{base.__name__}", (CommandServer, base), attributes)
         if self.kind is AppKind.SERVER:
             server = self._make_user_server(cls, sock)

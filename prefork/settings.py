@@ -191,6 +191,22 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("unix_socket_mode", ("--unix-socket-mode",), _octal_mode, None,
             "File mode of Unix socket files (octal, e.g. 0o660).", "server socket", "MODE",
             reloadable=False),
+    # tls
+    Setting("certfile", ("--certfile",), _optional_text, None,
+            "Serve TLS with this PEM certificate (chain); each worker loads it when it starts, "
+            "so HUP picks up a renewed one.", "tls", "FILE", reloadable=False),
+    Setting("keyfile", ("--keyfile",), _optional_text, None,
+            "The certificate's private key (default: in certfile).", "tls", "FILE",
+            reloadable=False),
+    Setting("ca_certs", ("--ca-certs",), _optional_text, None,
+            "PEM file of the CAs that sign client certificates.", "tls", "FILE",
+            reloadable=False),
+    Setting("cert_reqs", ("--cert-reqs",), _integer(0), 0,
+            "Client certificates: 0 not asked, 1 optional, 2 required (as gunicorn).",
+            "tls", "INT", reloadable=False),
+    Setting("ciphers", ("--ciphers",), _optional_text, None,
+            "OpenSSL cipher list for TLS 1.2 and below (default: Python's).", "tls", "CIPHERS",
+            reloadable=False),
     # workers
     Setting("workers", ("-w", "--workers"), _optional_workers, None,
             "Worker processes (default: the number of CPUs).", "worker processes", "INT"),

@@ -33,6 +33,7 @@ import select
 import selectors
 import signal
 import socket
+import ssl
 import time
 from typing import Any
 
@@ -42,6 +43,7 @@ from prefork.logs import dump_stream
 from prefork.scoreboard import Scoreboard, WorkerSlot, WorkerState
 from prefork.signals import SignalQueue
 from prefork.threads import ThreadPool
+from prefork.tls import serve_tls, tls_context
 from prefork.wakeup import Waker
 
 logger = logging.getLogger(__name__)
@@ -160,6 +162,7 @@ class Worker:
         # builds one per --bind); the same pool serves them all.
         self.servers = [server, *getattr(server, "extra_servers", ())]
         self.parks_http: dict[int, bool] = {}
+        self.tls: dict[int, ssl.SSLContext | None] = {}
         self.nodelay = {id(s): _is_tcp_stream(s.socket) for s in self.servers}
         for each in self.servers:
             each._prefork_worker = self
@@ -176,7 +179,12 @@ class Worker:
             _enable_stack_dumps()
             self.server.post_fork(self.process)
             # After post_fork: it may have installed the handler class.
-            self.parks_http = {id(s): drives_http_connections(s) for s in self.servers}
+            # Built after the fork, so a reload (new workers) rereads the certificate files.
+            self.tls = {id(s): tls_context(s) for s in self.servers}
+            # TLS connections get a thread each: the loop gathers heads on plain sockets only.
+            self.parks_http = {
+                id(s): drives_http_connections(s) and self.tls[id(s)] is None for s in self.servers
+            }
             self.pool = ThreadPool(self.threads, on_done=self._job_done, name="prefork-worker")
         except Exception as exc:
             self._log_boot_failure(exc)
@@ -496,6 +504,10 @@ class Worker:
             conn = HTTPConnection(server, request, client_address)
             conn.deadline = time.monotonic() + self.header_timeout
             self._gathered(conn, conn.gather(), parked=False)
+        elif (context := self.tls.get(id(server))) is not None:
+            # The handshake runs on the thread, bounded by header_timeout.
+            limit = self.header_timeout
+            self.pool.submit(lambda: serve_tls(server, context, request, client_address, limit))
         else:
             self.pool.submit(lambda: server.process_request_thread(request, client_address))
 
