@@ -37,7 +37,15 @@ def _signed(pki: Path, name: str, cn: str) -> None:
         "-subj",
         f"/CN={cn}",
     )
-    (pki / "ext").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+    # The extensions Python 3.13's default VERIFY_X509_STRICT checks for.
+    (pki / "ext").write_text(
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\n"
+        "basicConstraints=critical,CA:FALSE\n"
+        "keyUsage=critical,digitalSignature,keyEncipherment\n"
+        "extendedKeyUsage=serverAuth,clientAuth\n"
+        "authorityKeyIdentifier=keyid,issuer\n"
+        "subjectKeyIdentifier=hash\n"
+    )
     _openssl(
         pki,
         "x509",
@@ -77,6 +85,10 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
         "2",
         "-subj",
         "/CN=prefork test CA",
+        "-addext",
+        "basicConstraints=critical,CA:TRUE",
+        "-addext",
+        "keyUsage=critical,keyCertSign,cRLSign",
     )
     _signed(pki, "server", "localhost")
     _signed(pki, "client", "client")
