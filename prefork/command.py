@@ -50,6 +50,9 @@ ENGINE_ATTRIBUTES = {
     "rolling_reload": "rolling_reload",
     "proc_name": "proc_name",
     "metrics_bind": "metrics_bind",
+    "limit_request_line": "limit_request_line",
+    "limit_request_fields": "limit_request_fields",
+    "limit_request_field_size": "limit_request_field_size",
 }
 
 

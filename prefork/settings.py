@@ -38,6 +38,19 @@ def _integer(minimum: int) -> Callable[[Any], int]:
     return convert
 
 
+def _bounded(minimum: int, maximum: int) -> Callable[[Any], int]:
+    base = _integer(minimum)
+
+    def convert(value: Any) -> int:
+        number = base(value)
+        if number > maximum:
+            raise ValueError(f"an integer from {minimum} to {maximum}")
+        return number
+
+    convert.__doc__ = f"integer from {minimum} to {maximum}"
+    return convert
+
+
 def _seconds(value: Any) -> float:
     """number of seconds > 0"""
     if isinstance(value, bool):
@@ -230,6 +243,16 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("io_timeout", ("--io-timeout",), _seconds, 30.0,
             "Socket timeout while a thread serves an HTTP connection (bounds slow clients).",
             "worker processes", "SECONDS"),
+    Setting("limit_request_line", ("--limit-request-line",), _bounded(0, 8190), 4094,
+            "Most bytes in an HTTP request line (0: unlimited); longer gets 414.",
+            "worker processes", "INT"),
+    Setting("limit_request_fields", ("--limit-request-fields",), _bounded(0, 32768), 100,
+            "Most header fields in an HTTP request (0: 32768); more gets 431.",
+            "worker processes", "INT"),
+    Setting("limit_request_field_size",
+            ("--limit-request-field_size", "--limit-request-field-size"), _integer(0), 8190,
+            "Most bytes in an HTTP request header line (0: unlimited); longer gets 431.",
+            "worker processes", "INT"),
     Setting("max_requests", ("--max-requests",), _integer(0), 0,
             "Recycle a worker after this many requests (0: never).", "worker processes", "INT"),
     Setting("max_requests_jitter", ("--max-requests-jitter",), _integer(0), 0,

@@ -21,9 +21,12 @@ What it does, in short:
 
 * its own request-line and header parser, with bounds: a request line of at
   most ``max_line`` (8190) bytes (else 414), at most ``max_headers`` (100)
-  header fields (else 431), each header line at most ``max_line`` bytes (else
-  431); a malformed request gets 400 (505 for an HTTP major version other than
-  1, 501 for transfer codings besides chunked) and the connection closes;
+  header fields (else 431), each header line at most ``max_field_size``
+  (8190) bytes (else 431); the server's ``limit_request_line``,
+  ``limit_request_fields`` and ``limit_request_field_size`` attributes, when
+  set, replace them per connection (0 is no limit for the two sizes, 32768
+  fields for the count); a malformed request gets 400 (505 for an HTTP major
+  version other than 1, 501 for transfer codings besides chunked) and the connection closes;
 * keep-alive by default for HTTP/1.1 (unless ``Connection: close``), for
   HTTP/1.0 only with ``Connection: keep-alive``; pipelined requests are served
   in order;
@@ -117,6 +120,12 @@ _READ_BLOCK = 1024 * 1024
 """Request bodies are read at most this many bytes per call."""
 
 _MSG_MORE = getattr(socket, "MSG_MORE", 0)
+
+_UNLIMITED = sys.maxsize // 2
+"""A limit of 0 (none) in the ``limit_request_*`` settings: no line is this long."""
+
+_MAX_FIELDS = 32768
+"""``limit_request_fields`` of 0 (as gunicorn: its greatest value)."""
 
 _MAX_CACHED = 1024
 """Bound of the caches of header names (clients choose the names)."""
@@ -682,8 +691,9 @@ class WSGIRequestHandler(http.server.BaseHTTPRequestHandler):
 
     :meth:`handle_one_request` serves exactly one request and sets
     ``close_connection``; ``handle()`` is the standard library's loop over it.
-    Class attributes: ``max_line`` (bytes in the request line and in each
-    header line, without the line ending), ``max_headers`` (header fields per
+    Class attributes: ``max_line`` (bytes in the request line, without the
+    line ending), ``max_field_size`` (bytes in each header line, and in each
+    chunk-size or trailer line), ``max_headers`` (header fields per
     request), ``drain_limit`` (the most bytes of an unread request body read
     and dropped to keep the connection), ``timeout`` (seconds a socket
     operation may wait, ``None`` for no limit), ``protocol_version``
@@ -693,6 +703,7 @@ class WSGIRequestHandler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = SERVER_SOFTWARE
     max_line = 8190
+    max_field_size = 8190
     max_headers = 100
     drain_limit = 64 * 1024
 
@@ -744,6 +755,19 @@ class WSGIRequestHandler(http.server.BaseHTTPRequestHandler):
             environ["REMOTE_ADDR"] = str(client or "")
         self._connection_environ = environ
         self._server_from_host = "SERVER_NAME" not in environ
+        self._apply_limits(server)
+
+    def _apply_limits(self, server: Any) -> None:
+        """Take the server's ``limit_request_*`` attributes (the command's settings)."""
+        line = getattr(server, "limit_request_line", None)
+        if line is not None:
+            self.max_line = line or _UNLIMITED
+        fields = getattr(server, "limit_request_fields", None)
+        if fields is not None:
+            self.max_headers = fields or _MAX_FIELDS
+        size = getattr(server, "limit_request_field_size", None)
+        if size is not None:
+            self.max_field_size = size or _UNLIMITED
 
     # -- one request ----------------------------------------------------------------------
 
@@ -774,9 +798,11 @@ class WSGIRequestHandler(http.server.BaseHTTPRequestHandler):
         """
         rfile: Any = self.rfile
         max_line = self.max_line
+        max_field = self.max_field_size
         peek = getattr(rfile, "peek", None)  # absent if rbufsize is 0
         buffered = peek(1) if peek is not None else b""
-        end = buffered.find(b"\r\n\r\n", 0, max_line)
+        # A head shorter than both limits has no line over either of them.
+        end = buffered.find(b"\r\n\r\n", 0, min(max_line, max_field))
         if end > 0 and not buffered.startswith(b"\r\n"):
             head = buffered[:end]
             if head.count(b"\n") == head.count(b"\r\n"):  # no bare LF line endings
@@ -797,17 +823,21 @@ class WSGIRequestHandler(http.server.BaseHTTPRequestHandler):
             return None  # closed (perhaps mid-line): there is nothing to answer
         lines = [line[:-2] if line.endswith(b"\r\n") else line[:-1]]
         max_headers = self.max_headers
+        limit = max_field + 3
         while True:
             line = readline(limit)
             if line in _LINE_ENDS:
                 return lines
-            if len(line) >= limit:
-                raise _RequestError(431, "header line too long")
             if not line.endswith(b"\n"):
+                if len(line) >= limit:
+                    raise _RequestError(431, "header line too long")
                 return None  # closed in the middle of the head
+            line = line[:-2] if line.endswith(b"\r\n") else line[:-1]
+            if len(line) > max_field:
+                raise _RequestError(431, "header line too long")
             if len(lines) > max_headers:
                 raise _RequestError(431, "too many header fields")
-            lines.append(line[:-2] if line.endswith(b"\r\n") else line[:-1])
+            lines.append(line)
 
     def _read_request(self) -> dict[str, Any] | None:
         """Read and parse a request head into an environ; ``None`` at end of input."""
@@ -896,7 +926,7 @@ class WSGIRequestHandler(http.server.BaseHTTPRequestHandler):
                 raise _RequestError(400, "the last transfer coding is not chunked")
             if len(codings) > 1:
                 raise _RequestError(501, "transfer coding not implemented")
-            body = _ChunkedInput(self.rfile, on_first_read, self.max_line, self.max_headers)
+            body = _ChunkedInput(self.rfile, on_first_read, self.max_field_size, self.max_headers)
         elif length is not None:
             try:
                 size = _parse_length(length)
