@@ -82,6 +82,7 @@ import logging
 import os
 import re
 import socket
+import ssl
 import stat
 import sys
 import time
@@ -753,6 +754,9 @@ class WSGIRequestHandler(http.server.BaseHTTPRequestHandler):
             environ["REMOTE_ADDR"] = client.decode("utf-8", "surrogateescape")
         else:
             environ["REMOTE_ADDR"] = str(client or "")
+        if isinstance(sock, ssl.SSLSocket):  # --certfile: PEP 3333's scheme and CGI's HTTPS
+            environ["wsgi.url_scheme"] = "https"
+            environ["HTTPS"] = "on"
         self._connection_environ = environ
         self._server_from_host = "SERVER_NAME" not in environ
         self._apply_limits(server)

@@ -68,3 +68,23 @@ def test_a_silent_peer_and_a_plain_client_do_not_stop_tls_service(
             # The silent peer holds the only thread for at most header_timeout.
             assert _get(server.address, certfile).startswith("Hello")
             assert _received(silent) == b""  # and is then dropped
+
+
+SCHEME_APP = """
+def application(environ, start_response):
+    body = f"{environ['wsgi.url_scheme']} {environ.get('HTTPS', '-')}".encode()
+    start_response("200 OK", [("Content-Length", str(len(body)))])
+    return [body]
+"""
+
+
+def test_wsgi_over_tls_sees_the_https_scheme(cert: tuple[Path, Path], tmp_path: Path) -> None:
+    certfile, keyfile = cert
+    (tmp_path / "schemeapp.py").write_text(SCHEME_APP)
+    server = CommandProcess(
+        "-w", 1, "-b", "127.0.0.1:0", "--certfile", certfile, "--keyfile", keyfile,
+        "--wsgi", "schemeapp:application", cwd=tmp_path,
+    )  # fmt: skip
+    with server:
+        server.start()
+        assert _get(server.address, certfile) == "https on"
