@@ -4,7 +4,7 @@ Three ways for N forked workers to take connections on one TCP port:
 
 * ``shared``: one socket, bound by the parent and inherited; every worker waits on it in its
   own ``epoll`` (level-triggered) and accepts non-blocking until ``EAGAIN``.  This is what
-  prefork's engine does (``prefork/worker.py``: the listener is registered in each worker's
+  prefork's engine does (``prefork/engine/worker.py``: the listener is registered in each worker's
   selector while a thread is idle, and ``accept`` runs on a non-blocking socket).  Every
   waiting worker is woken for each new connection; all but one find nothing;
 * ``exclusive``: the same socket, registered with ``EPOLLEXCLUSIVE``, so that the kernel

@@ -7,8 +7,8 @@ hooks.  See the README for the engine built on them.
 
 from typing import TYPE_CHECKING
 
-from prefork.handlers import BaseRequestHandler, DatagramRequestHandler, StreamRequestHandler
-from prefork.mixins import (
+from prefork.core.handlers import BaseRequestHandler, DatagramRequestHandler, StreamRequestHandler
+from prefork.core.mixins import (
     ForkingMixIn,
     ForkingTCPServer,
     ForkingUDPServer,
@@ -20,7 +20,13 @@ from prefork.mixins import (
     ThreadingUnixDatagramServer,
     ThreadingUnixStreamServer,
 )
-from prefork.server import BaseServer, TCPServer, UDPServer, UnixDatagramServer, UnixStreamServer
+from prefork.core.server import (
+    BaseServer,
+    TCPServer,
+    UDPServer,
+    UnixDatagramServer,
+    UnixStreamServer,
+)
 
 if TYPE_CHECKING:
     from prefork.engine import (
@@ -51,9 +57,9 @@ _ENGINE_NAMES = frozenset(
 
 def __getattr__(name: str) -> object:
     if name in _ENGINE_NAMES:
-        from prefork import engine
+        import prefork.engine
 
-        return getattr(engine, name)
+        return getattr(prefork.engine, name)
     raise AttributeError(f"module 'prefork' has no attribute {name!r}")
 
 

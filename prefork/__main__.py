@@ -2,6 +2,6 @@
 
 import sys
 
-from prefork.cli import main
+from prefork.ops.cli import main
 
 sys.exit(main())

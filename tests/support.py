@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 
 import psutil
 
-from prefork.scoreboard import SlotView, WorkerState
+from prefork.engine.scoreboard import SlotView, WorkerState
 
 LOCALHOST = "127.0.0.1"
 TIMEOUT = 10.0

@@ -8,7 +8,7 @@ import socket
 import socketserver
 
 import prefork
-from prefork.listeners import listen_backlog as _listen_backlog
+from prefork.engine.listeners import listen_backlog as _listen_backlog
 
 
 class Handler(prefork.BaseRequestHandler):

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from prefork.keepalive import send_all
+from prefork.engine.keepalive import send_all
 
 
 def _read_exactly(sock: socket.socket, size: int, out: list[bytes]) -> None:

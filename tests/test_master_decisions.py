@@ -14,9 +14,9 @@ from typing import Any
 
 import pytest
 
-from prefork.children import ExitedChild
-from prefork.master import Master, Phase
-from prefork.worker import WorkerProcess
+from prefork.core.children import ExitedChild
+from prefork.engine.master import Master, Phase
+from prefork.engine.worker import WorkerProcess
 
 
 class FakeMaster(Master):

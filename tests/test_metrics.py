@@ -20,11 +20,11 @@ import psutil
 import pytest
 from support import TIMEOUT, ipv6_available, short_tmpdir, slot_view, wait_for
 
-from prefork import metrics
+from prefork.engine import metrics
+from prefork.engine.master import Cause
+from prefork.engine.metrics import MetricsEndpoint, render
+from prefork.engine.scoreboard import Scoreboard, WorkerState
 from prefork.errors import ConfigError
-from prefork.master import Cause
-from prefork.metrics import MetricsEndpoint, render
-from prefork.scoreboard import Scoreboard, WorkerState
 
 # -- a parser for the text exposition format 0.0.4 --------------------------------------------
 

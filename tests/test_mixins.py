@@ -173,7 +173,7 @@ def test_max_children_does_not_reap_unrelated_child() -> None:
 @pytest.mark.timeout(60)
 def test_wait_below_drops_children_reaped_elsewhere_without_waiting() -> None:
     """A pid reaped by someone else frees its place; no wait on the other children."""
-    from prefork.children import ChildProcesses
+    from prefork.core.children import ChildProcesses
 
     exited_child = subprocess.Popen([sys.executable, "-c", "pass"])
     exited_child.wait(TIMEOUT)  # reaped here, not by ChildProcesses

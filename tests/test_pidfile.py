@@ -1,4 +1,4 @@
-"""prefork.pidfile: atomic writes, stale files replaced, live masters respected.
+"""prefork.ops.pidfile: atomic writes, stale files replaced, live masters respected.
 
 "Other masters" are real processes: a child Python that gives itself the
 master's title (or not), then blocks reading its stdin until the test closes it.
@@ -21,9 +21,9 @@ import pytest
 from support import TIMEOUT, short_tmpdir
 from support import in_forked_child as in_child
 
-from prefork import pidfile
 from prefork.errors import ConfigError
-from prefork.pidfile import Pidfile
+from prefork.ops import pidfile
+from prefork.ops.pidfile import Pidfile
 
 #: A process that sets its title to argv[1] (unless empty), says so, and waits for EOF.
 HOLDER = """
@@ -76,7 +76,7 @@ def path(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def warnings_logged(caplog: pytest.LogCaptureFixture) -> Callable[[], list[str]]:
-    """The warnings prefork.pidfile has logged so far."""
+    """The warnings prefork.ops.pidfile has logged so far."""
     caplog.set_level(logging.WARNING, logger="prefork.pidfile")
 
     def messages() -> list[str]:

@@ -1,4 +1,4 @@
-"""prefork.privileges: users, groups, umask, and dropping root for good.
+"""prefork.ops.privileges: users, groups, umask, and dropping root for good.
 
 Dropping privileges cannot be undone, so it happens in a forked child that
 reports its ids back over a pipe and leaves with ``os._exit``.  Those tests
@@ -21,7 +21,7 @@ import pytest
 from support import in_forked_child, short_tmpdir
 
 from prefork.errors import ConfigError
-from prefork.privileges import (
+from prefork.ops.privileges import (
     chown_unix_socket,
     drop_privileges,
     parse_umask,

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from prefork import settings
+from prefork.ops import settings
 
 REFERENCE = Path(__file__).resolve().parent.parent / "docs" / "settings.md"
 
 
 def test_docs_settings_md_is_generated_from_the_declaration() -> None:
     assert REFERENCE.read_text() == settings.reference(), (
-        "docs/settings.md is stale: run `python -m prefork.settings > docs/settings.md`"
+        "docs/settings.md is stale: run `python -m prefork.ops.settings > docs/settings.md`"
     )
 
 

@@ -20,11 +20,11 @@ import psutil
 import pytest
 from support import slot_view
 
-from prefork import status
-from prefork.scoreboard import Scoreboard, SlotView, WorkerState, published_path
+from prefork.engine.scoreboard import Scoreboard, SlotView, WorkerState, published_path
+from prefork.ops import status
 
 DEADLINE = 20.0
-RUN_STATUS = "import sys, prefork.status; sys.exit(prefork.status.main(sys.argv[1:]))"
+RUN_STATUS = "import sys, prefork.ops.status; sys.exit(prefork.ops.status.main(sys.argv[1:]))"
 
 
 # -- pure functions ---------------------------------------------------------------------------
@@ -244,7 +244,7 @@ def test_a_leftover_board_at_the_path_is_replaced(tmp_path: Path) -> None:
 def test_an_unwritable_publish_path_falls_back_to_a_private_board(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from prefork.master import _open_scoreboard
+    from prefork.engine.master import _open_scoreboard
 
     board = _open_scoreboard(4, str(tmp_path / "missing" / "prefork-1.scoreboard"))
     try:

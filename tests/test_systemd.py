@@ -1,4 +1,4 @@
-"""prefork.systemd: sd_notify datagrams, sd_listen_fds, inherited sockets.
+"""prefork.ops.systemd: sd_notify datagrams, sd_listen_fds, inherited sockets.
 
 Notifications go to real AF_UNIX datagram sockets (a path in a private
 directory, and the abstract namespace).  Socket activation runs real child
@@ -26,8 +26,8 @@ from typing import Any
 import pytest
 from support import TIMEOUT, ipv6_available, recv_all, short_tmpdir, wait_for
 
-from prefork import systemd
 from prefork.errors import ConfigError
+from prefork.ops import systemd
 
 # -- notify ----------------------------------------------------------------------------------
 
@@ -240,7 +240,7 @@ def test_listen_fds_malformed(
 ACTIVATED_CHILD = textwrap.dedent(
     """
     import json, os, sys
-    from prefork import systemd
+    from prefork.ops import systemd
     from prefork.errors import ConfigError
 
     report = {"pid": os.getpid()}

@@ -1,4 +1,4 @@
-"""prefork.tls: server contexts from certificate files, checked with a real TLS client."""
+"""prefork.engine.tls: server contexts from certificate files, checked with a real TLS client."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from prefork.engine.tls import server_context
 from prefork.errors import ConfigError
-from prefork.tls import server_context
 
 pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl CLI")
 

@@ -1,4 +1,4 @@
-"""prefork.wsgi: the HTTP/1.1 WSGI handler, over real sockets.
+"""prefork.http.wsgi: the HTTP/1.1 WSGI handler, over real sockets.
 
 Servers listen on 127.0.0.1 port 0 and run ``serve_forever`` in a thread
 (``tests.support.serving`` always shuts them down, closes and joins them).
@@ -31,8 +31,8 @@ import wsgi_apps as apps
 from support import LOCALHOST, TIMEOUT, connect, serving, short_tmpdir
 
 import prefork
-from prefork.keepalive import drives_http_connections
-from prefork.wsgi import FileWrapper, WSGIRequestHandler, WSGIServer, make_server
+from prefork.engine.keepalive import drives_http_connections
+from prefork.http.wsgi import FileWrapper, WSGIRequestHandler, WSGIServer, make_server
 
 
 class Handler(WSGIRequestHandler):

@@ -8,7 +8,7 @@ import importlib
 import logging
 
 import prefork
-from prefork.wsgi import WSGIRequestHandler, WSGIServer
+from prefork.http.wsgi import WSGIRequestHandler, WSGIServer
 
 HOST = "127.0.0.1"
 PORT = 9999

@@ -46,8 +46,8 @@ from docblocks import DOCS, EXAMPLES, Block
 from support import wait_for
 
 import prefork
-from prefork import config
 from prefork.errors import ConfigError
+from prefork.ops import config
 
 tomllib = config.tomllib  # the standard library's, or tomli before Python 3.11
 

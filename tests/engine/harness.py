@@ -25,7 +25,7 @@ from typing import Any
 
 import psutil
 
-from prefork.scoreboard import published_path
+from prefork.engine.scoreboard import published_path
 
 APP = Path(__file__).with_name("app.py")
 LOCALHOST = "127.0.0.1"

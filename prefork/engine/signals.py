@@ -18,7 +18,7 @@ import threading
 from collections.abc import Iterable
 from typing import Any
 
-from prefork.wakeup import Waker
+from prefork.core.wakeup import Waker
 
 
 def can_install_handlers() -> bool:

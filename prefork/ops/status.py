@@ -35,10 +35,10 @@ from typing import Any
 
 import psutil
 
+from prefork.engine.scoreboard import Scoreboard, SlotView, WorkerState, published_path
+from prefork.engine.worker import STACKS_SIGNAL
 from prefork.errors import ConfigError
-from prefork.pidfile import read as read_pidfile
-from prefork.scoreboard import Scoreboard, SlotView, WorkerState, published_path
-from prefork.worker import STACKS_SIGNAL
+from prefork.ops.pidfile import read as read_pidfile
 
 __all__ = [
     "ProcessSampler",

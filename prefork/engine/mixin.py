@@ -7,7 +7,7 @@ Mix it in first, as with the standard library's mixins::
         threads = 8
 
 The constructor binds in the calling process as usual.  ``serve_forever()``
-then becomes the master's supervision loop (see :mod:`prefork.master`): it
+then becomes the master's supervision loop (see :mod:`prefork.engine.master`): it
 forks ``workers`` processes which accept on the inherited socket and run the
 usual hooks (``get_request``, ``verify_request``, ``process_request``,
 ``finish_request``, ``handle_error``, ``service_actions``...) with a pool of
@@ -33,13 +33,13 @@ import socket
 import threading
 from typing import Any
 
-from prefork.listeners import listen_backlog
-from prefork.master import BootError, Master
-from prefork.server import TCPServer, UDPServer, UnixDatagramServer, UnixStreamServer
-from prefork.threads import run_request
-from prefork.worker import WorkerProcess
+from prefork.core.server import TCPServer, UDPServer, UnixDatagramServer, UnixStreamServer
+from prefork.core.threads import run_request
+from prefork.engine.listeners import listen_backlog
+from prefork.engine.master import BootError, Master
+from prefork.engine.worker import WorkerProcess
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("prefork.engine")  # a public name: see docs/logging
 
 __all__ = [
     "BootError",
@@ -110,7 +110,7 @@ class PreforkMixIn:
     ``proc_name``
         shown in process titles.
 
-    Hooks, called with the :class:`~prefork.worker.WorkerProcess` concerned:
+    Hooks, called with the :class:`~prefork.engine.worker.WorkerProcess` concerned:
     ``when_ready()`` (master, before the first fork), ``pre_fork(worker)``
     (master), ``post_fork(worker)`` (in the new worker, before it serves: load
     the application here; an exception is a boot failure),

@@ -35,16 +35,16 @@ from typing import Any
 
 import psutil
 
-from prefork.children import ChildProcesses, ExitedChild, fork_child
-from prefork.listeners import bind_text
-from prefork.logs import reopen_log_files
-from prefork.proctitle import set_title
-from prefork.scoreboard import SHM_DIR, Scoreboard, SlotView, WorkerState, published_path
-from prefork.signals import SignalQueue, can_install_handlers, reset_signal_handlers
-from prefork.wakeup import Waker
-from prefork.worker import DUMP_SIGNAL, IGNORED_SIGNALS, ExitCode, Worker, WorkerProcess
+from prefork.core.children import ChildProcesses, ExitedChild, fork_child
+from prefork.core.wakeup import Waker
+from prefork.engine.listeners import bind_text
+from prefork.engine.proctitle import set_title
+from prefork.engine.scoreboard import SHM_DIR, Scoreboard, SlotView, WorkerState, published_path
+from prefork.engine.signals import SignalQueue, can_install_handlers, reset_signal_handlers
+from prefork.engine.worker import DUMP_SIGNAL, IGNORED_SIGNALS, ExitCode, Worker, WorkerProcess
+from prefork.ops.logs import reopen_log_files
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("prefork.master")  # a public name: see docs/logging
 
 #: The signals the master acts on.
 MASTER_SIGNALS = (
@@ -685,7 +685,7 @@ def _metrics_endpoint(server: Any, master: Master) -> Any:
     address = getattr(server, "metrics_bind", None)
     if not address:
         return None
-    from prefork.metrics import MetricsEndpoint, master_renderer
+    from prefork.engine.metrics import MetricsEndpoint, master_renderer
 
     return MetricsEndpoint(address, master_renderer(master), reuse_port=True)
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from prefork.errors import ConfigError
-from prefork.hooks import HOOKS, hook_converter
+from prefork.ops.hooks import HOOKS, hook_converter
 
 ENV_PREFIX = "PREFORK_"
 
@@ -93,7 +93,7 @@ def _binds(value: Any) -> list[str]:
     items = [value] if isinstance(value, str) else value
     if not isinstance(items, list) or not all(isinstance(v, str) for v in items) or not items:
         raise ValueError("a bind address or a list of them")
-    from prefork.listeners import parse_bind
+    from prefork.engine.listeners import parse_bind
 
     for item in items:
         parse_bind(item)  # raises ConfigError naming the bad one
@@ -102,7 +102,7 @@ def _binds(value: Any) -> list[str]:
 
 def _umask(value: Any) -> int:
     """octal umask such as 0o22 or 022"""
-    from prefork.privileges import parse_umask
+    from prefork.ops.privileges import parse_umask
 
     return parse_umask(value)
 
@@ -410,7 +410,8 @@ def reference() -> str:
     lines = [
         "# Settings",
         "",
-        "Generated from `prefork/settings.py` by `python -m prefork.settings`; do not edit.",
+        "Generated from `prefork/ops/settings.py` by `python -m prefork.ops.settings`;"
+        " do not edit.",
         "Precedence: defaults < config file < `PREFORK_*` environment < command line.",
         "In a config file (TOML, or `[tool.prefork]` in `pyproject.toml`) use the names below.",
     ]

@@ -1,12 +1,12 @@
 """A worker process: the user's server as a threaded sub-server on inherited sockets.
 
-The worker's main thread runs one selector loop; a :class:`~prefork.threads.ThreadPool`
+The worker's main thread runs one selector loop; a :class:`~prefork.core.threads.ThreadPool`
 of ``threads`` threads handles the requests.  The loop:
 
 * accepts (or receives) only while a thread is idle, so excess connections
   wait in the kernel backlog for whichever worker is free (backpressure);
 * parks idle HTTP keep-alive connections in the selector
-  (:mod:`prefork.keepalive`);
+  (:mod:`prefork.engine.keepalive`);
 * writes its heartbeat, load and the start of its oldest request into its
   scoreboard slot every turn;
 * stops gracefully on ``SIGTERM`` (stop accepting, serve what is already in
@@ -37,16 +37,16 @@ import ssl
 import time
 from typing import Any
 
-from prefork.keepalive import Gathered, HTTPConnection, Outcome, drives_http_connections
-from prefork.listeners import listen_backlog
-from prefork.logs import dump_stream
-from prefork.scoreboard import Scoreboard, WorkerSlot, WorkerState
-from prefork.signals import SignalQueue
-from prefork.threads import ThreadPool
-from prefork.tls import serve_tls, tls_context
-from prefork.wakeup import Waker
+from prefork.core.threads import ThreadPool
+from prefork.core.wakeup import Waker
+from prefork.engine.keepalive import Gathered, HTTPConnection, Outcome, drives_http_connections
+from prefork.engine.listeners import listen_backlog
+from prefork.engine.scoreboard import Scoreboard, WorkerSlot, WorkerState
+from prefork.engine.signals import SignalQueue
+from prefork.engine.tls import serve_tls, tls_context
+from prefork.ops.logs import dump_stream
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("prefork.worker")  # a public name: see docs/logging
 
 #: Signals a worker acts on: stop gracefully, stop now, reopen logs.
 WORKER_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGUSR1)
@@ -205,8 +205,8 @@ class Worker:
 
     def _log_boot_failure(self, exc: Exception) -> None:
         """The user's traceback once per generation; later retries say it in one line."""
-        from prefork.appload import user_traceback
         from prefork.errors import ConfigError
+        from prefork.ops.appload import user_traceback
 
         index = self.process.index
         if self.process.retrying_boot:  # the traceback was logged by the first failure
@@ -298,7 +298,7 @@ class Worker:
             elif sig == signal.SIGTERM and self.stop is None:
                 self._begin_graceful_stop()
             elif sig == signal.SIGUSR1:
-                from prefork.logs import reopen_log_files
+                from prefork.ops.logs import reopen_log_files
 
                 reopened = reopen_log_files()
                 _enable_stack_dumps()  # the log file's descriptor changed

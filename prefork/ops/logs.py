@@ -46,7 +46,7 @@ def reopen_log_files() -> int:
         finally:
             handler.release()
     for path, problem in failures:
-        logging.getLogger(__name__).error(
+        logging.getLogger("prefork.logs").error(
             "cannot reopen log file %s (%s); still writing to the file it had open",
             path,
             problem.strerror or problem,
@@ -122,8 +122,8 @@ def dump_stream() -> Any:
 def _read_dict_config(path: str) -> dict[str, object]:
     import json
 
-    from prefork.config import tomllib
     from prefork.errors import ConfigError
+    from prefork.ops.config import tomllib
 
     try:
         with open(path, "rb") as file:

@@ -25,7 +25,7 @@ import time
 import traceback
 from typing import Any
 
-from prefork.wakeup import Waker
+from prefork.core.wakeup import Waker
 
 if hasattr(selectors, "PollSelector"):
     _ServerSelector: type[selectors.BaseSelector] = selectors.PollSelector

@@ -25,7 +25,7 @@ import traceback
 from typing import Any
 
 import prefork
-from prefork.children import ChildProcesses, fork_child
+from prefork.core.children import ChildProcesses, fork_child
 from prefork.errors import ConfigError
 
 

@@ -35,7 +35,7 @@ __all__ = [
     "stopping",
 ]
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("prefork.systemd")  # a public name: see docs/logging
 
 #: The first inherited descriptor (``SD_LISTEN_FDS_START``).
 LISTEN_FDS_START = 3

@@ -4,7 +4,7 @@ The config file is TOML, or Python as gunicorn's is: ``-c FILE`` (or
 ``PREFORK_CONFIG``) names it; without one, ``prefork.toml`` in the working
 directory is read if it exists, else ``prefork.conf.py``, else the
 ``[tool.prefork]`` table of ``pyproject.toml``.  Keys are the setting names of
-:mod:`prefork.settings` (``max_requests`` or ``max-requests``).
+:mod:`prefork.ops.settings` (``max_requests`` or ``max-requests``).
 
 A Python file is executed; its top-level names that are settings are taken
 (server hooks are functions of the hook's name), names starting with ``_``,
@@ -24,8 +24,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from prefork import settings
 from prefork.errors import ConfigError
+from prefork.ops import settings
 
 if sys.version_info >= (3, 11):
     import tomllib

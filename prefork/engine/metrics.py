@@ -44,8 +44,8 @@ from typing import Any, Protocol
 
 import psutil
 
+from prefork.engine.scoreboard import SlotView, WorkerState
 from prefork.errors import ConfigError
-from prefork.scoreboard import SlotView, WorkerState
 
 __all__ = [
     "CONNECTION_TIMEOUT",
@@ -58,7 +58,7 @@ __all__ = [
     "worker_rss",
 ]
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("prefork.metrics")  # a public name: see docs/logging
 
 #: The ``Content-Type`` of the text exposition format served.
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -131,9 +131,9 @@ def render(
 ) -> str:
     """The Prometheus text exposition (format 0.0.4) of a master's state.
 
-    ``slots`` is the scoreboard's :meth:`~prefork.scoreboard.Scoreboard.snapshot`;
+    ``slots`` is the scoreboard's :meth:`~prefork.engine.scoreboard.Scoreboard.snapshot`;
     ``restarts`` counts worker restarts by cause (keys are cause names, or
-    ``str`` enums such as :class:`prefork.master.Cause`, whose value is used);
+    ``str`` enums such as :class:`prefork.engine.master.Cause`, whose value is used);
     ``target`` is the number of workers the master aims for; ``rss`` maps a
     worker pid to its resident memory in bytes (see :func:`worker_rss`).
 
@@ -237,11 +237,11 @@ def worker_rss(pids: Iterable[int]) -> dict[int, int]:
 
 
 class _MasterLike(Protocol):
-    """What :func:`master_renderer` reads of a :class:`prefork.master.Master`."""
+    """What :func:`master_renderer` reads of a :class:`prefork.engine.master.Master`."""
 
     @property
     def scoreboard(self) -> Any:
-        """The master's :class:`~prefork.scoreboard.Scoreboard`."""
+        """The master's :class:`~prefork.engine.scoreboard.Scoreboard`."""
 
     @property
     def restarts(self) -> Mapping[Any, int]:
@@ -255,11 +255,11 @@ class _MasterLike(Protocol):
 def master_renderer(master: _MasterLike) -> Callable[[], str]:
     """A ``render`` callable for :class:`MetricsEndpoint` that reads ``master`` on each scrape.
 
-    Every :class:`~prefork.master.Cause` appears in ``prefork_worker_restarts_total``
+    Every :class:`~prefork.engine.master.Cause` appears in ``prefork_worker_restarts_total``
     (0 until it happens).  If the master has a ``retired_requests`` attribute (the
     requests of the workers it reaped), ``prefork_requests_total`` includes it.
     """
-    from prefork.master import Cause  # here: prefork.master may import this module
+    from prefork.engine.master import Cause  # here: prefork.engine.master may import this module
 
     def render_master() -> str:
         slots = master.scoreboard.snapshot()

@@ -6,8 +6,8 @@ Mix one in before a server class, as with the standard library::
 
 They compose with the standard library's server classes too
 (``class S(ThreadingMixIn, http.server.HTTPServer)``), because they only use
-the documented hooks.  The reaping (:class:`~prefork.children.ChildProcesses`)
-and the request-thread body (:func:`~prefork.threads.run_request`) are the same
+the documented hooks.  The reaping (:class:`~prefork.core.children.ChildProcesses`)
+and the request-thread body (:func:`~prefork.core.threads.run_request`) are the same
 pieces the prefork engine uses for its workers.
 """
 
@@ -17,9 +17,9 @@ import os
 import threading
 from typing import Any
 
-from prefork.children import ChildProcesses, flush_std_streams
-from prefork.server import TCPServer, UDPServer, UnixDatagramServer, UnixStreamServer
-from prefork.threads import NoThreads, ThreadList, run_request
+from prefork.core.children import ChildProcesses, flush_std_streams
+from prefork.core.server import TCPServer, UDPServer, UnixDatagramServer, UnixStreamServer
+from prefork.core.threads import NoThreads, ThreadList, run_request
 
 __all__ = [
     "ForkingMixIn",

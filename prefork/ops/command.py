@@ -21,16 +21,16 @@ from pathlib import Path
 from typing import Any
 
 import prefork
-from prefork import config, listeners, systemd
-from prefork.appload import AppKind, application_sources, classify, load_object, probe
-from prefork.children import ExitedChild, fork_child
-from prefork.engine import PreforkMixIn
+from prefork.core.children import ExitedChild, fork_child
+from prefork.engine import PreforkMixIn, listeners
+from prefork.engine.listeners import Bind
 from prefork.errors import ConfigError
-from prefork.hooks import run_hook
-from prefork.listeners import Bind
-from prefork.pidfile import Pidfile
+from prefork.ops import config, systemd
+from prefork.ops.appload import AppKind, application_sources, classify, load_object, probe
+from prefork.ops.hooks import run_hook
+from prefork.ops.pidfile import Pidfile
 
-logger = logging.getLogger("prefork.command")
+logger = logging.getLogger("prefork.command")  # a public name: see docs/logging
 
 #: Set in a re-executed master: the pid of the master it replaces.
 UPGRADED_FROM_ENV = "PREFORK_UPGRADED_FROM"
@@ -77,7 +77,7 @@ def _base_class(kind: AppKind, bind: Bind, sock: socket.socket, app: Any) -> typ
         if not stream:
             raise ConfigError(f"bind {bind.text}: an HTTP application needs a stream socket")
         if kind is AppKind.WSGI:
-            from prefork.wsgi import WSGIServer
+            from prefork.http.wsgi import WSGIServer
 
             if unix:
                 return type("UnixWSGIServer", (_UnixHTTPServer, WSGIServer), {})
@@ -92,7 +92,7 @@ class CommandServer(PreforkMixIn):
     """The master side of ``prefork MODULE:OBJECT`` (mixed into each bind's server class).
 
     Each hook does the command's part, then calls the config file's hook of that
-    name (:mod:`prefork.hooks`), then the application's own hook, when the
+    name (:mod:`prefork.ops.hooks`), then the application's own hook, when the
     application is a server class that defines one (``super()``).
     """
 
@@ -266,7 +266,7 @@ class Command:
         settings = self.settings
         if not settings["certfile"] or sock.type != socket.SOCK_STREAM:
             return None
-        from prefork.tls import server_context
+        from prefork.engine.tls import server_context
 
         options = {
             "certfile": settings["certfile"],
@@ -290,7 +290,7 @@ class Command:
         else:
             handler: type = prefork.BaseRequestHandler  # replaced once the application loads
             if self.kind is AppKind.WSGI:
-                from prefork.wsgi import WSGIRequestHandler
+                from prefork.http.wsgi import WSGIRequestHandler
 
                 handler = WSGIRequestHandler
             server = cls(sock.getsockname(), handler, bind_and_activate=False)
@@ -362,7 +362,7 @@ class Command:
         except ConfigError as exc:
             logger.error("reload: keeping the current settings: %s", exc)
             return
-        from prefork.settings import BY_NAME
+        from prefork.ops.settings import BY_NAME
 
         applied = set()
         for name, value in fresh.items():
@@ -384,7 +384,7 @@ class Command:
             self._reconfigure_logging()
 
     def _reconfigure_logging(self) -> None:
-        from prefork.logs import configure_logging
+        from prefork.ops.logs import configure_logging
 
         try:
             configure_logging(
@@ -504,7 +504,7 @@ class Command:
             ) from None
 
     def _drop_privileges(self) -> None:
-        from prefork.privileges import (
+        from prefork.ops.privileges import (
             chown_unix_socket,
             drop_privileges,
             resolve_gid,
@@ -547,7 +547,7 @@ def apply_environment(pairs: list[str], previous: Sequence[str] = ()) -> None:
 
 def _shown(value: Any) -> str:
     """A setting's value in the log: hook functions by name."""
-    from prefork.hooks import reference_of
+    from prefork.ops.hooks import reference_of
 
     return reference_of(value) if callable(value) else repr(value)
 

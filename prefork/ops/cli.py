@@ -1,7 +1,7 @@
 """The ``prefork`` command: ``prefork [OPTIONS] MODULE:OBJECT`` and ``prefork status``.
 
 Options mirror gunicorn's where they mean the same; every one is declared in
-:mod:`prefork.settings`, which also reads them from the config file and the
+:mod:`prefork.ops.settings`, which also reads them from the config file and the
 ``PREFORK_*`` environment.  A mistake (bad option, address in use, missing
 module...) prints one line ``prefork: ...`` and exits 2.
 """
@@ -15,8 +15,8 @@ import sys
 from typing import Any, NoReturn
 
 import prefork
-from prefork import config, settings
 from prefork.errors import ConfigError
+from prefork.ops import config, settings
 
 DESCRIPTION = """\
 Serve MODULE:OBJECT with a master process and a pool of worker processes.
@@ -171,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run the command; returns its exit status."""
     args = sys.argv[1:] if argv is None else argv
     if args[:1] == ["status"]:
-        from prefork import status
+        from prefork.ops import status
 
         return status.main(args[1:])
     namespace = build_parser().parse_args(args)
@@ -186,8 +186,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def run(namespace: argparse.Namespace) -> int:
     """Validate, bind, and serve until stopped."""
-    from prefork.command import Command, apply_environment, change_directory
-    from prefork.logs import configure_logging
+    from prefork.ops.command import Command, apply_environment, change_directory
+    from prefork.ops.logs import configure_logging
 
     app = getattr(namespace, "app", None)
     for warning in settings.unknown_environment(os.environ):
@@ -229,6 +229,6 @@ def run(namespace: argparse.Namespace) -> int:
 
 def _printable(value: Any) -> str:
     """JSON for what is not: a hook function is shown as ``module:name``."""
-    from prefork.hooks import reference_of
+    from prefork.ops.hooks import reference_of
 
     return reference_of(value) if callable(value) else repr(value)

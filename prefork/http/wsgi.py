@@ -61,7 +61,7 @@ convention (override it to log differently).  Before the response has
 started, the client gets a short ``500 Internal Server Error``; after, the
 connection is closed.  A client that goes away (reset, broken pipe, timeout,
 EOF in the middle of its request body) is logged at debug level on the
-``prefork.wsgi`` logger, not reported as an error.  Requests rejected as
+``prefork.http.wsgi`` logger, not reported as an error.  Requests rejected as
 malformed are logged at debug level too.
 
 The access log is off: ``log_message()`` writes (to standard error, as the
@@ -91,8 +91,8 @@ from types import TracebackType
 from typing import Any
 from urllib.parse import unquote_to_bytes
 
-from prefork.keepalive import send_all
-from prefork.server import TCPServer
+from prefork.core.server import TCPServer
+from prefork.engine.keepalive import send_all
 
 __all__ = [
     "ChunkedBodyError",
@@ -103,7 +103,7 @@ __all__ = [
     "make_server",
 ]
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("prefork.wsgi")  # a public name: see docs/logging
 
 ExcInfo = tuple[type[BaseException], BaseException, TracebackType | None]
 """The ``exc_info`` argument of ``start_response`` (as returned by ``sys.exc_info()``)."""

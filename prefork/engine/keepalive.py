@@ -122,7 +122,7 @@ def _plain_writers() -> tuple[type, ...]:
     """The unbuffered ``wfile`` classes of ``socketserver`` and prefork's handlers."""
     import socketserver
 
-    from prefork import handlers
+    from prefork.core import handlers
 
     found = [getattr(module, "_SocketWriter", None) for module in (socketserver, handlers)]
     return tuple(kind for kind in found if isinstance(kind, type))
