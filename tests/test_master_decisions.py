@@ -16,7 +16,7 @@ import pytest
 
 from prefork.core.children import ExitedChild
 from prefork.engine.master import Master, Phase
-from prefork.engine.worker import WorkerProcess
+from prefork.engine.process import WorkerProcess
 
 
 class FakeMaster(Master):

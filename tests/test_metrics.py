@@ -21,8 +21,8 @@ import pytest
 from support import TIMEOUT, ipv6_available, short_tmpdir, slot_view, wait_for
 
 from prefork.engine import metrics
-from prefork.engine.master import Cause
 from prefork.engine.metrics import MetricsEndpoint, render
+from prefork.engine.process import Cause
 from prefork.engine.scoreboard import Scoreboard, WorkerState
 from prefork.errors import ConfigError
 

@@ -28,7 +28,7 @@ from prefork.errors import ConfigError
 #: Environment variable naming the listening fds a re-executed master inherits.
 INHERIT_ENV = "PREFORK_INHERITED_FDS"
 
-logger = logging.getLogger("prefork.listeners")  # a public name: see docs/logging
+logger = logging.getLogger("prefork.listeners")  # public: docs/operations.md, Logging
 
 
 class Kind(str, enum.Enum):

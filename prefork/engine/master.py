@@ -38,13 +38,15 @@ import psutil
 from prefork.core.children import ChildProcesses, ExitedChild, fork_child
 from prefork.core.wakeup import Waker
 from prefork.engine.listeners import bind_text
+from prefork.engine.logfiles import reopen_log_files
+from prefork.engine.pool import plan_pool
+from prefork.engine.process import Cause, ExitCode, Notice, WorkerProcess, decode_notices
 from prefork.engine.proctitle import set_title
 from prefork.engine.scoreboard import SHM_DIR, Scoreboard, SlotView, WorkerState, published_path
 from prefork.engine.signals import SignalQueue, can_install_handlers, reset_signal_handlers
-from prefork.engine.worker import DUMP_SIGNAL, IGNORED_SIGNALS, ExitCode, Worker, WorkerProcess
-from prefork.ops.logs import reopen_log_files
+from prefork.engine.worker import DUMP_SIGNAL, IGNORED_SIGNALS, Worker
 
-logger = logging.getLogger("prefork.master")  # a public name: see docs/logging
+logger = logging.getLogger("prefork.master")  # public: docs/operations.md, Logging
 
 #: The signals the master acts on.
 MASTER_SIGNALS = (
@@ -73,19 +75,6 @@ class BootError(RuntimeError):
     """Workers failed to boot too many times in a row; the master gave up."""
 
 
-class Cause(str, enum.Enum):
-    """Why a worker was stopped or replaced (counted in ``Master.restarts``)."""
-
-    CRASH = "crash"
-    BOOT_FAILURE = "boot_failure"
-    TIMEOUT = "timeout"
-    RELOAD = "reload"
-    MAX_REQUESTS = "max_requests"
-    MEMORY = "memory"
-    SCALE_DOWN = "scale_down"
-    SHUTDOWN = "shutdown"
-
-
 class Phase(enum.Enum):
     """Where the master is in its life."""
 
@@ -95,7 +84,19 @@ class Phase(enum.Enum):
 
 
 class Master:
-    """Supervises the worker processes of one :class:`~prefork.engine.PreforkMixIn` server."""
+    """Supervises the worker processes of one :class:`~prefork.engine.PreforkMixIn` server.
+
+    Its size: the master is the one place where decisions are taken, and every
+    decision reads the same state (the workers, the generation, the phase, the
+    target, the boot back-off).  Split across objects, that state would need
+    to be passed around or shared, and the invariants the single loop keeps
+    (a signal never interrupts a decision; a worker is retired only once its
+    replacement is ready) would no longer be visible from one file.  What needs
+    none of that state lives beside it: the pool policy (:mod:`~prefork.engine.pool`),
+    the notices and worker records (:mod:`~prefork.engine.process`), the metrics
+    endpoint (:mod:`~prefork.engine.metrics`).  The loop itself is :meth:`run` and
+    :meth:`turn`; the sections below are what one turn calls.
+    """
 
     def __init__(self, server: Any) -> None:
         self.server = server
@@ -299,20 +300,18 @@ class Master:
         with contextlib.suppress(BlockingIOError):
             while chunk := os.read(self._notify_read, 65536):
                 self._notice_buffer += chunk
-        *lines, self._notice_buffer = self._notice_buffer.split(b"\n")
-        for line in lines:
-            kind, _, rest = line.decode("utf-8", "replace").partition(" ")
-            index_text, _, detail = rest.partition(" ")
-            worker = self._worker_at(int(index_text)) if index_text.isdigit() else None
+        notices, self._notice_buffer = decode_notices(self._notice_buffer)
+        for kind, index, detail in notices:
+            worker = self._worker_at(index)
             if worker is None:
                 continue
-            if kind == "R":
+            if kind is Notice.READY:
                 worker.ready = True
                 self.boot_failures = 0
                 logger.info("master: %r ready", worker)
-            elif kind == "F":
+            elif kind is Notice.BOOT_FAILED:
                 self.last_boot_failure = detail
-            elif kind == "C":
+            elif kind is Notice.SERVED_MAX_REQUESTS:
                 worker.recycle = True
                 worker.recycle_cause = Cause.MAX_REQUESTS
                 logger.info("master: %r served max_requests; replacing it", worker)
@@ -555,51 +554,27 @@ class Master:
     # -- worker count -----------------------------------------------------------------------
 
     def maintain_worker_count(self) -> None:
-        """Spawn and retire workers so that ``target`` fresh ones serve."""
-        serving = [w for w in self.workers.values() if not w.retiring]
-        fresh = [w for w in serving if w.generation == self.generation and not w.recycle]
-        stale = sorted(
-            (w for w in serving if w.generation != self.generation or w.recycle),
-            key=lambda w: (w.generation, w.spawned_at),
+        """Spawn and retire workers so that ``target`` fresh ones serve (:mod:`.pool` decides)."""
+        plan = plan_pool(
+            self.workers.values(),
+            target=self.target,
+            generation=self.generation,
+            slots=self.scoreboard.slots,
+            rolling_reload=bool(self.server.rolling_reload),
+            may_spawn=not self.spawning_suspended and time.monotonic() >= self.next_spawn_at,
         )
-        ready = [w for w in fresh if w.ready]
-        # A worker superseded before it served (HUPs faster than boots) only holds a
-        # slot: stop it now, or a storm of reloads piles up generations of booting workers.
-        for worker in [w for w in stale if not w.ready and w.generation != self.generation]:
-            self.retire(worker, "superseded while booting", cause=Cause.RELOAD)
-            stale.remove(worker)
-        for worker in stale[: max(0, len(ready) + len(stale) - self.target)]:
-            cause = Cause.RELOAD
-            if worker.recycle:
-                cause = worker.recycle_cause or Cause.MAX_REQUESTS
-            self.retire(worker, f"replaced ({cause.value})", cause=cause)
-        surplus = sorted(fresh, key=lambda w: w.spawned_at)[: max(0, len(fresh) - self.target)]
-        for worker in surplus:
-            self.retire(worker, "scaling down", cause=Cause.SCALE_DOWN)
-        missing = self.target - len(fresh)
-        if missing <= 0 or self.spawning_suspended or time.monotonic() < self.next_spawn_at:
-            return
-        booting = len(fresh) - len(ready)
-        one_at_a_time = bool(stale) and (
-            self.server.rolling_reload or all(w.generation == self.generation for w in stale)
-        )
-        if one_at_a_time:
-            # One extra process at most, counting stale workers still draining.
-            missing = 0 if booting or len(self.workers) > self.target else 1
-        free = self.scoreboard.slots - len(self.workers)
-        if missing > free:
-            # Retiring workers still hold their slots; spawn the rest once they are reaped.
-            if not self.waiting_for_slots:
-                logger.warning(
-                    "master: all %d worker slots in use (%d retiring); waiting for them to exit",
-                    self.scoreboard.slots,
-                    sum(w.retiring for w in self.workers.values()),
-                )
-            self.waiting_for_slots = True
-            missing = free
-        else:
-            self.waiting_for_slots = False
-        for _ in range(missing):
+        for worker, reason, cause in plan.retire:
+            self.retire(worker, reason, cause=cause)
+        if plan.short_of_slots and not self.waiting_for_slots:
+            # Retiring workers still hold their slots; the rest spawn once they are reaped.
+            logger.warning(
+                "master: all %d worker slots in use (%d retiring); waiting for them to exit",
+                self.scoreboard.slots,
+                sum(w.retiring for w in self.workers.values()),
+            )
+        if plan.short_of_slots is not None:
+            self.waiting_for_slots = plan.short_of_slots
+        for _ in range(plan.spawn):
             self.spawn_worker()
 
     def finish_stopping(self, now: float) -> None:

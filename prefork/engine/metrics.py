@@ -44,6 +44,7 @@ from typing import Any, Protocol
 
 import psutil
 
+from prefork.engine.process import Cause
 from prefork.engine.scoreboard import SlotView, WorkerState
 from prefork.errors import ConfigError
 
@@ -58,7 +59,7 @@ __all__ = [
     "worker_rss",
 ]
 
-logger = logging.getLogger("prefork.metrics")  # a public name: see docs/logging
+logger = logging.getLogger("prefork.metrics")  # public: docs/operations.md, Logging
 
 #: The ``Content-Type`` of the text exposition format served.
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -133,7 +134,7 @@ def render(
 
     ``slots`` is the scoreboard's :meth:`~prefork.engine.scoreboard.Scoreboard.snapshot`;
     ``restarts`` counts worker restarts by cause (keys are cause names, or
-    ``str`` enums such as :class:`prefork.engine.master.Cause`, whose value is used);
+    ``str`` enums such as :class:`prefork.engine.process.Cause`, whose value is used);
     ``target`` is the number of workers the master aims for; ``rss`` maps a
     worker pid to its resident memory in bytes (see :func:`worker_rss`).
 
@@ -255,11 +256,10 @@ class _MasterLike(Protocol):
 def master_renderer(master: _MasterLike) -> Callable[[], str]:
     """A ``render`` callable for :class:`MetricsEndpoint` that reads ``master`` on each scrape.
 
-    Every :class:`~prefork.engine.master.Cause` appears in ``prefork_worker_restarts_total``
+    Every :class:`~prefork.engine.process.Cause` appears in ``prefork_worker_restarts_total``
     (0 until it happens).  If the master has a ``retired_requests`` attribute (the
     requests of the workers it reaped), ``prefork_requests_total`` includes it.
     """
-    from prefork.engine.master import Cause  # here: prefork.engine.master may import this module
 
     def render_master() -> str:
         slots = master.scoreboard.snapshot()
@@ -364,6 +364,12 @@ class MetricsEndpoint:
     :meth:`expire` every turn, and bounds its wait by :meth:`next_deadline`.
     ``GET /metrics`` (and ``HEAD``) is answered 200, any other path 404, any other
     method 405; every response closes the connection.
+
+    Its size: it is a small HTTP server that must never block the master's
+    loop, so each connection is a state machine (accept, read the head, answer,
+    write, linger before closing) over one connection table and one selector;
+    the text it serves is rendered elsewhere in this module (:func:`render`,
+    :func:`master_renderer`).
     """
 
     def __init__(

@@ -37,9 +37,9 @@ from prefork.core.server import TCPServer, UDPServer, UnixDatagramServer, UnixSt
 from prefork.core.threads import run_request
 from prefork.engine.listeners import listen_backlog
 from prefork.engine.master import BootError, Master
-from prefork.engine.worker import WorkerProcess
+from prefork.engine.process import WorkerProcess
 
-logger = logging.getLogger("prefork.engine")  # a public name: see docs/logging
+logger = logging.getLogger("prefork.engine")  # public: docs/operations.md, Logging
 
 __all__ = [
     "BootError",
@@ -110,7 +110,7 @@ class PreforkMixIn:
     ``proc_name``
         shown in process titles.
 
-    Hooks, called with the :class:`~prefork.engine.worker.WorkerProcess` concerned:
+    Hooks, called with the :class:`~prefork.engine.process.WorkerProcess` concerned:
     ``when_ready()`` (master, before the first fork), ``pre_fork(worker)``
     (master), ``post_fork(worker)`` (in the new worker, before it serves: load
     the application here; an exception is a boot failure),

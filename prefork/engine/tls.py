@@ -19,7 +19,7 @@ from prefork.errors import ConfigError
 
 __all__ = ["CERT_REQS", "serve_tls", "server_context", "tls_context"]
 
-logger = logging.getLogger("prefork.tls")  # a public name: see docs/logging
+logger = logging.getLogger("prefork.tls")  # public: docs/operations.md, Logging
 
 #: gunicorn's ``--cert-reqs`` values: 0 none, 1 optional, 2 required.
 CERT_REQS = {0: ssl.CERT_NONE, 1: ssl.CERT_OPTIONAL, 2: ssl.CERT_REQUIRED}

@@ -41,12 +41,15 @@ from prefork.core.threads import ThreadPool
 from prefork.core.wakeup import Waker
 from prefork.engine.keepalive import Gathered, HTTPConnection, Outcome, drives_http_connections
 from prefork.engine.listeners import listen_backlog
+from prefork.engine.logfiles import dump_stream, reopen_log_files
+from prefork.engine.parking import ParkedConnections
+from prefork.engine.process import ExitCode, Notice, WorkerProcess, encode_notice
 from prefork.engine.scoreboard import Scoreboard, WorkerSlot, WorkerState
 from prefork.engine.signals import SignalQueue
 from prefork.engine.tls import serve_tls, tls_context
-from prefork.ops.logs import dump_stream
+from prefork.engine.tracebacks import user_traceback
 
-logger = logging.getLogger("prefork.worker")  # a public name: see docs/logging
+logger = logging.getLogger("prefork.worker")  # public: docs/operations.md, Logging
 
 #: Signals a worker acts on: stop gracefully, stop now, reopen logs.
 WORKER_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGUSR1)
@@ -69,18 +72,7 @@ _OVERFLOW_WAIT = 0.01
 #: Connections a saturated worker takes at once when they were left waiting.
 _ACCEPT_BATCH = 16
 
-#: Seconds between scans of the parked connections for expired deadlines.
-_EXPIRY_CHECK = 0.1
-
 _ACCEPT_ERRORS_TO_BACK_OFF = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
-
-
-class ExitCode(enum.IntEnum):
-    """How a worker process ends."""
-
-    OK = 0
-    BOOT_ERROR = 3
-    MASTER_GONE = 4
 
 
 class Stop(enum.Enum):
@@ -90,30 +82,18 @@ class Stop(enum.Enum):
     FAST = "fast"
 
 
-class WorkerProcess:
-    """What the master knows of one worker (and what hooks receive as ``worker``)."""
-
-    def __init__(self, index: int, generation: int) -> None:
-        self.index = index
-        self.generation = generation
-        self.pid = 0
-        self.spawned_at = time.monotonic()
-        self.ready = False
-        self.recycle = False
-        self.recycle_cause: Any = None
-        self.retiring = False
-        self.stop_deadline: float | None = None
-        self.dump_sent_at: float | None = None
-        self.killed = False
-        #: Set when an earlier worker of this generation failed to boot (and logged why).
-        self.retrying_boot = False
-
-    def __repr__(self) -> str:
-        return f"<worker {self.index} pid={self.pid} generation={self.generation}>"
-
-
 class Worker:
-    """The loop of one worker process, serving ``servers`` (each with a ``socket``)."""
+    """The loop of one worker process, serving ``servers`` (each with a ``socket``).
+
+    Its size: one selector loop drives accepting with backpressure, the overflow
+    rule, parked connections, signals, the master's death and the heartbeat,
+    and each of those changes what the others do in the same turn (a stop stops
+    accepting and shortens the parked connections' deadlines; a finished job
+    may free a thread to listen for).  The parts that keep state of their own
+    are elsewhere: the parked connections (:mod:`~prefork.engine.parking`), the
+    HTTP connection state machine (:mod:`~prefork.engine.keepalive`), the thread
+    pool (:mod:`~prefork.core.threads`) and the notices (:mod:`~prefork.engine.process`).
+    """
 
     def __init__(
         self,
@@ -136,7 +116,6 @@ class Worker:
         self.keepalive_timeout = float(server.keepalive_timeout)
         self.header_timeout = float(server.header_timeout)
         self.io_timeout = float(server.io_timeout)
-        self.next_expiry_check = 0.0
         self.max_requests = _jittered_limit(server.max_requests, server.max_requests_jitter)
         timeout = float(server.worker_timeout)
         self.tick = max(0.05, min(1.0, timeout / 4))
@@ -145,7 +124,7 @@ class Worker:
         self.loop_asleep = False
         self.pool: ThreadPool | None = None
         self.selector = selectors.DefaultSelector()
-        self.parked: dict[int, HTTPConnection] = {}
+        self.parked = ParkedConnections(self.selector)
         self.to_park: collections.deque[HTTPConnection] = collections.deque()
         self.stop: Stop | None = None
         self.stop_deadline = 0.0
@@ -188,14 +167,14 @@ class Worker:
             self.pool = ThreadPool(self.threads, on_done=self._job_done, name="prefork-worker")
         except Exception as exc:
             self._log_boot_failure(exc)
-            self._notify(f"F {self.process.index} {type(exc).__name__}: {exc}")
+            self._notify(Notice.BOOT_FAILED, f"{type(exc).__name__}: {exc}")
             return ExitCode.BOOT_ERROR
         # Never restored: a worker ends with os._exit, and a default SIGTERM
         # handler back in place would let a second TERM kill it mid-exit.
         self.signals = SignalQueue(WORKER_SIGNALS, self.waker).install()
         self.slot.set_threads(self.pool.size)
         self.slot.set_state(WorkerState.READY)
-        self._notify(f"R {self.process.index}")
+        self._notify(Notice.READY)
         code = self._serve()
         try:
             self.server.worker_exit(self.process)
@@ -206,7 +185,6 @@ class Worker:
     def _log_boot_failure(self, exc: Exception) -> None:
         """The user's traceback once per generation; later retries say it in one line."""
         from prefork.errors import ConfigError
-        from prefork.ops.appload import user_traceback
 
         index = self.process.index
         if self.process.retrying_boot:  # the traceback was logged by the first failure
@@ -251,12 +229,12 @@ class Worker:
             self._park_returned_connections()
             now = time.monotonic()
             self._take_overflow(now)
-            self._expire_parked(now)
+            self.parked.expire(now)
             self._heartbeat()
             if not asked_to_recycle and 0 < self.max_requests <= self._completed():
                 asked_to_recycle = True
                 self.slot.set_state(WorkerState.RECYCLE)
-                self._notify(f"C {self.process.index}")
+                self._notify(Notice.SERVED_MAX_REQUESTS)
             if self.stop is Stop.GRACEFUL:
                 if self._drained():
                     return self._exit_code()
@@ -279,7 +257,7 @@ class Worker:
     def _select_timeout(self) -> float:
         timeout = self.tick
         if self.parked:
-            timeout = min(timeout, max(0.0, self.next_expiry_check - time.monotonic()))
+            timeout = min(timeout, max(0.0, self.parked.next_check - time.monotonic()))
         paused_for = self.accept_paused_until - time.monotonic()
         if paused_for > 0:
             timeout = min(timeout, paused_for)  # wake to listen again when the pause ends
@@ -298,8 +276,6 @@ class Worker:
             elif sig == signal.SIGTERM and self.stop is None:
                 self._begin_graceful_stop()
             elif sig == signal.SIGUSR1:
-                from prefork.ops.logs import reopen_log_files
-
                 reopened = reopen_log_files()
                 _enable_stack_dumps()  # the log file's descriptor changed
                 logger.debug("worker %d: reopened %d log file(s)", self.process.index, reopened)
@@ -338,9 +314,7 @@ class Worker:
         # answered with "this connection closes", rather than a close that
         # races with a request already on its way.
         grace = time.monotonic() + _DRAIN_IDLE_GRACE
-        for conn in self.parked.values():
-            conn.deadline = min(conn.deadline, grace)
-        self.next_expiry_check = 0.0
+        self.parked.shorten_deadlines(grace)
 
     def _drained(self) -> bool:
         assert self.pool is not None
@@ -532,12 +506,7 @@ class Worker:
             if self.stop is not None:
                 limit = min(limit, _DRAIN_IDLE_GRACE)
             conn.deadline = now + limit
-            self._park(conn)
-
-    def _park(self, conn: HTTPConnection) -> None:
-        self.parked[conn.fileno()] = conn
-        self.selector.register(conn, selectors.EVENT_READ, conn)
-        self.next_expiry_check = min(self.next_expiry_check or conn.deadline, conn.deadline)
+            self.parked.park(conn)
 
     def _resume(self, conn: HTTPConnection) -> None:
         """A parked connection is readable: gather what arrived."""
@@ -551,40 +520,16 @@ class Worker:
                 conn.got_first_byte = True
                 conn.deadline = min(conn.deadline, time.monotonic() + self.header_timeout)
             if not parked:
-                self._park(conn)
+                self.parked.park(conn)
             return
         if parked:
-            self._unpark(conn)
+            self.parked.unpark(conn)
         if state is Gathered.HEAD:
             self._submit_connection(conn)
         elif state is Gathered.TOO_LARGE:
             conn.reject("431 Request Header Fields Too Large")
         else:
             conn.close()
-
-    def _unpark(self, conn: HTTPConnection) -> None:
-        self.selector.unregister(conn)
-        del self.parked[conn.fileno()]
-
-    def _expire_parked(self, now: float) -> None:
-        """Close idle keep-alive connections and time out heads that never completed.
-
-        Checked at most every :data:`_EXPIRY_CHECK` seconds, so that a worker
-        with many parked connections does not scan them all on every request.
-        """
-        if not self.parked or now < self.next_expiry_check:
-            return
-        next_check = now + _EXPIRY_CHECK
-        for conn in list(self.parked.values()):
-            if now >= conn.deadline:
-                self._unpark(conn)
-                if conn.pending:
-                    conn.reject("408 Request Timeout")
-                else:
-                    conn.close()
-            else:
-                next_check = min(next_check, conn.deadline)
-        self.next_expiry_check = max(next_check, now + _EXPIRY_CHECK)
 
     # -- reporting ----------------------------------------------------------------------------
 
@@ -601,11 +546,11 @@ class Worker:
             accepted=self.accepted,
         )
 
-    def _notify(self, message: str) -> None:
-        """Tell the master something (one line; pipe writes this short are atomic)."""
+    def _notify(self, kind: Notice, detail: str = "") -> None:
+        """Tell the master something, in one line (:mod:`prefork.engine.process`)."""
         if self.notify_fd is None:
             return
-        line = (message.replace("\n", " ")[:500] + "\n").encode("utf-8", "replace")
+        line = encode_notice(kind, self.process.index, detail)
         with contextlib.suppress(OSError):  # the master is gone; the loop will notice
             os.write(self.notify_fd, line)
 

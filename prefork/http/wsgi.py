@@ -103,7 +103,7 @@ __all__ = [
     "make_server",
 ]
 
-logger = logging.getLogger("prefork.wsgi")  # a public name: see docs/logging
+logger = logging.getLogger("prefork.wsgi")  # public: docs/operations.md, Logging
 
 ExcInfo = tuple[type[BaseException], BaseException, TracebackType | None]
 """The ``exc_info`` argument of ``start_response`` (as returned by ``sys.exc_info()``)."""

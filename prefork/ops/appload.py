@@ -24,8 +24,10 @@ import sys
 import traceback
 from typing import Any
 
-import prefork
 from prefork.core.children import ChildProcesses, fork_child
+from prefork.core.handlers import BaseRequestHandler
+from prefork.core.server import BaseServer
+from prefork.engine.tracebacks import user_traceback
 from prefork.errors import ConfigError
 
 
@@ -86,32 +88,6 @@ class ApplicationImportError(ConfigError):
         return cls(f"cannot import {module_name!r}: {_one_line(exc)}", user_traceback(exc))
 
 
-def user_traceback(exc: BaseException) -> str:
-    """``exc``'s traceback without prefork's and importlib's frames ('' if none is left)."""
-    frames = [
-        frame
-        for frame in traceback.extract_tb(exc.__traceback__)
-        if not _is_machinery(frame.filename)
-    ]
-    if not frames and not isinstance(exc, SyntaxError):
-        return ""
-    lines = ["Traceback (most recent call last):\n"]
-    lines += traceback.format_list(frames)
-    lines += traceback.format_exception_only(type(exc), exc)
-    return "".join(lines)
-
-
-_MACHINERY_DIRS = tuple(
-    os.path.dirname(os.path.abspath(module.__file__ or "")) + os.sep
-    for module in (prefork, importlib)
-)
-
-
-def _is_machinery(filename: str) -> bool:
-    """A frame of prefork itself or of the import system, not of the user's code."""
-    return filename.startswith(_MACHINERY_DIRS) or filename.startswith("<frozen importlib")
-
-
 def classify(obj: Any, *, wsgi: bool, reference: str) -> AppKind:
     """Which kind of application ``obj`` is; ConfigError when it is none of them."""
     import http.server
@@ -123,9 +99,9 @@ def classify(obj: Any, *, wsgi: bool, reference: str) -> AppKind:
     if isinstance(obj, type):
         if issubclass(obj, http.server.BaseHTTPRequestHandler):
             return AppKind.HTTP_HANDLER
-        if issubclass(obj, (stdlib_socketserver.BaseRequestHandler, prefork.BaseRequestHandler)):
+        if issubclass(obj, (stdlib_socketserver.BaseRequestHandler, BaseRequestHandler)):
             return AppKind.HANDLER
-        if issubclass(obj, (stdlib_socketserver.BaseServer, prefork.BaseServer)):
+        if issubclass(obj, (stdlib_socketserver.BaseServer, BaseServer)):
             return AppKind.SERVER
     hint = " (for a WSGI application, add --wsgi)" if callable(obj) else ""
     raise ConfigError(f"{reference} is not a request handler class or a server class{hint}")

@@ -8,11 +8,10 @@ zero-downtime upgrade on ``USR2``.
 
 from __future__ import annotations
 
-import contextlib
 import http.server
-import json
 import logging
 import os
+import signal
 import socket
 import sys
 import time
@@ -21,19 +20,18 @@ from pathlib import Path
 from typing import Any
 
 import prefork
-from prefork.core.children import ExitedChild, fork_child
 from prefork.engine import PreforkMixIn, listeners
 from prefork.engine.listeners import Bind
 from prefork.errors import ConfigError
 from prefork.ops import config, systemd
 from prefork.ops.appload import AppKind, application_sources, classify, load_object, probe
+from prefork.ops.binding import Binding
 from prefork.ops.hooks import run_hook
 from prefork.ops.pidfile import Pidfile
+from prefork.ops.reloader import SourceWatcher
+from prefork.ops.upgrade import UPGRADED_FROM_ENV, Upgrade
 
-logger = logging.getLogger("prefork.command")  # a public name: see docs/logging
-
-#: Set in a re-executed master: the pid of the master it replaces.
-UPGRADED_FROM_ENV = "PREFORK_UPGRADED_FROM"
+logger = logging.getLogger("prefork.command")  # public: docs/operations.md, Logging
 
 #: Settings copied onto the server class (setting name -> engine attribute).
 ENGINE_ATTRIBUTES = {
@@ -146,7 +144,16 @@ class CommandServer(PreforkMixIn):
 
 
 class Command:
-    """Everything ``prefork MODULE:OBJECT`` holds while it runs."""
+    """Everything ``prefork MODULE:OBJECT`` holds while it runs.
+
+    Its size: it is the command's life in order (load the application, open the
+    listeners, build the servers, serve, reload settings on ``HUP``, clean up),
+    and each step reads the settings and the servers the earlier ones made.
+    The steps with state or rules of their own are in their modules: the
+    listeners (:mod:`~prefork.ops.binding`), the ``USR2`` upgrade
+    (:mod:`~prefork.ops.upgrade`), ``--reload`` (:mod:`~prefork.ops.reloader`),
+    the pidfile, privileges, hooks and logging.
+    """
 
     def __init__(
         self,
@@ -163,13 +170,11 @@ class Command:
         self.pidfile: Pidfile | None = None
         self.kind: AppKind | None = None
         self.app: Any = None
-        self.upgrading_pid: int | None = None
+        self.upgrade_in_progress = Upgrade()
         #: Where the command was started (``--chdir`` moves away from it).
         self.launch_dir = os.getcwd()
-        self.sources: list[str] = []  # the application's own files, for --reload
-        self.socket_files: dict[str, int] = {}  # Unix socket file -> inode, removed at exit
-        self._source_mtimes: dict[str, float] = {}
-        self._sources_checked_at = 0.0
+        self.sources = SourceWatcher()  # the application's own files, for --reload
+        self.binding = Binding(settings, self.command_line, config_path)
 
     # -- building ---------------------------------------------------------------------------
 
@@ -179,40 +184,17 @@ class Command:
         if self.settings["preload"]:
             self.app = load_object(self.app_reference)
             self.kind = classify(self.app, wsgi=wsgi, reference=self.app_reference)
-            self.sources = application_sources()
+            self.sources = SourceWatcher(application_sources())
             return
-        self.kind, self.sources = probe(self.app_reference, wsgi=wsgi)
+        self.kind, sources = probe(self.app_reference, wsgi=wsgi)
+        self.sources = SourceWatcher(sources)
         if self.kind is AppKind.SERVER:
             # A server class binds in the master: it has to be imported there.
             self.app = load_object(self.app_reference)
 
     def open_listeners(self) -> list[tuple[Bind, socket.socket]]:
         """Bind every ``--bind`` (or adopt inherited and systemd sockets)."""
-        inherited = listeners.inherited_fds(os.environ)
-        systemd_fds = systemd.listen_fds()
-        texts = list(self.settings["bind"])
-        if systemd_fds and not self._bind_given():
-            texts = [f"fd://{fd}" for fd, _ in systemd_fds]
-        opened: list[tuple[Bind, socket.socket]] = []
-        try:
-            for text in texts:
-                bind = listeners.parse_bind(text)
-                sock = listeners.open_listener(
-                    bind,
-                    backlog=self.settings["backlog"],
-                    reuse_port=self.settings["reuse_port"],
-                    unix_mode=self.settings["unix_socket_mode"],
-                    inherited=inherited,
-                    systemd_fds=systemd_fds,
-                )
-                opened.append((bind, sock))
-                self._own_socket_file(listeners.owned_unix_path(bind, systemd_fds))
-        except BaseException:
-            for _, sock in opened:
-                sock.close()
-            raise
-        os.environ.pop(listeners.INHERIT_ENV, None)
-        return opened
+        return self.binding.open()
 
     def check_binds(self) -> list[str]:
         """``--check-config``: bind every listener, close it at once, and name them."""
@@ -223,30 +205,11 @@ class Command:
         self.remove_socket_files()
         return names
 
-    def _own_socket_file(self, path: str | None) -> None:
-        """Remember a socket file to remove at a clean stop (with its inode, to spot a
-        file that another process bound at the same path in the meantime)."""
-        if path is not None:
-            with contextlib.suppress(OSError):
-                self.socket_files[os.path.abspath(path)] = os.stat(path).st_ino
-
     def remove_socket_files(self) -> None:
         """Remove the Unix socket files this master's lineage bound, unless a new master
         (``USR2``) has taken them over."""
-        if self.upgrading_pid is not None:
-            return
-        for path, inode in self.socket_files.items():
-            with contextlib.suppress(OSError):
-                if os.stat(path).st_ino == inode:
-                    os.unlink(path)
-
-    def _bind_given(self) -> bool:
-        if "bind" in self.command_line or "PREFORK_BIND" in os.environ:
-            return True
-        path = config.find_config_file(
-            self.config_path or os.environ.get(config.CONFIG_ENV), Path.cwd()
-        )
-        return path is not None and "bind" in config.read_config_file(path)
+        if self.upgrade_in_progress.new_master_pid is None:
+            self.binding.remove_socket_files()
 
     def build_servers(self, opened: list[tuple[Bind, socket.socket]]) -> Any:
         """One server per bind; the first runs the engine and serves the others' sockets."""
@@ -338,11 +301,11 @@ class Command:
         """The master is about to fork: log where it listens."""
         for server in self.servers:
             logger.info("listening on %s", listeners.describe(server.socket))
-        self._source_mtimes = _mtimes(self.sources)
+        self.sources.snapshot()
 
     def shutting_down(self) -> None:
         """Tell systemd the service stops, unless a new master has taken over (USR2)."""
-        if self.upgrading_pid is None:
+        if self.upgrade_in_progress.new_master_pid is None:
             systemd.stopping()
 
     def workers_ready(self) -> None:
@@ -400,36 +363,12 @@ class Command:
 
     def upgrade(self, master: Any) -> None:
         """``USR2``: re-execute the command with the listening sockets inherited."""
-        if self.upgrading_pid is not None:
-            logger.warning("USR2 ignored: an upgrade (pid %d) is in progress", self.upgrading_pid)
-            return
-        if os.environ.get(UPGRADED_FROM_ENV):
-            logger.warning("USR2 ignored: this master has not finished replacing the old one")
-            return
-        fds = {listeners.describe(s.socket): s.socket.fileno() for s in self.servers}
-        by_bind = {text: fds[listeners.describe(s.socket)] for text, s in self._bind_texts()}
-        env = dict(os.environ)
-        env[listeners.INHERIT_ENV] = json.dumps(by_bind)
-        env[UPGRADED_FROM_ENV] = str(os.getpid())
-        argv = list(getattr(sys, "orig_argv", [sys.executable, *sys.argv]))
-
-        def exec_new_master() -> int:
-            for fd in by_bind.values():
-                os.set_inheritable(fd, True)
-            os.chdir(self.launch_dir)  # the command line's relative paths are from there
-            run_hook(self.settings, "pre_exec", self.servers[0])
-            os.execve(sys.executable, [sys.executable, *argv[1:]], env)
-            return 1  # not reached
-
-        if self.pidfile is not None:
-            self.pidfile.rename(self.pidfile.path + ".oldbin")
-        pid = fork_child(exec_new_master)
-        self.upgrading_pid = pid
-        master.adopt_child(pid, self._upgrade_ended)
-        logger.info(
-            "upgrade: started a new master, pid %d; send TERM to this one (%d) once it serves",
-            pid,
-            os.getpid(),
+        self.upgrade_in_progress.start(
+            master,
+            self._bind_texts(),
+            launch_dir=self.launch_dir,
+            pidfile=self.pidfile,
+            pre_exec=lambda: run_hook(self.settings, "pre_exec", self.servers[0]),
         )
 
     def _bind_texts(self) -> list[tuple[str, Any]]:
@@ -438,26 +377,11 @@ class Command:
             texts = [listeners.describe(s.socket) for s in self.servers]
         return list(zip(texts, self.servers, strict=True))
 
-    def _upgrade_ended(self, exited: ExitedChild) -> None:
-        logger.error("upgrade: the new master (pid %d) exited: %s", exited.pid, exited.describe())
-        self.upgrading_pid = None
-        if self.pidfile is not None and self.pidfile.path.endswith(".oldbin"):
-            self.pidfile.rename(self.pidfile.path.removesuffix(".oldbin"))
-
     def watch_sources(self) -> None:
         """``--reload``: send ourselves HUP when a source file of the application changes."""
-        if not self.settings["reload"]:
-            return
-        now = time.monotonic()
-        if now - self._sources_checked_at < 1.0:
-            return
-        self._sources_checked_at = now
-        mtimes = _mtimes(self.sources)
-        changed = mtimes != self._source_mtimes
-        self._source_mtimes = mtimes
-        if changed:
+        if self.settings["reload"] and self.sources.changed(time.monotonic()):
             logger.info("reload: source files changed")
-            os.kill(os.getpid(), __import__("signal").SIGHUP)
+            os.kill(os.getpid(), signal.SIGHUP)
 
     # -- the whole run ----------------------------------------------------------------------
 
@@ -558,12 +482,3 @@ def _peer(client_address: Any) -> str:
         host = f"[{client_address[0]}]" if ":" in str(client_address[0]) else client_address[0]
         return f"{host}:{client_address[1]}"
     return repr(client_address) if client_address else "a Unix socket client"
-
-
-def _mtimes(paths: list[str]) -> dict[str, float]:
-    """The modification time of each file that exists."""
-    found = {}
-    for path in paths:
-        with contextlib.suppress(OSError):
-            found[path] = os.stat(path).st_mtime
-    return found

@@ -4,7 +4,7 @@ A hook is a function, written in a Python config file (``-c prefork.conf.py``)
 or named ``MODULE:FUNCTION`` in the TOML file or a ``PREFORK_*`` variable.  It is
 called with the server the command built (the one whose ``serve_forever()``
 runs the master: its settings are attributes, ``server.workers`` and so on) and,
-for the worker hooks, the :class:`~prefork.engine.worker.WorkerProcess` concerned.
+for the worker hooks, the :class:`~prefork.engine.process.WorkerProcess` concerned.
 
 The hooks run beside a server class's own methods of the same name: the
 command's part first, then the config file's function, then the class's
@@ -21,7 +21,7 @@ from typing import Any
 
 from prefork.errors import ConfigError
 
-logger = logging.getLogger("prefork.hooks")  # a public name: see docs/logging
+logger = logging.getLogger("prefork.hooks")  # public: docs/operations.md, Logging
 
 
 @dataclass(frozen=True)

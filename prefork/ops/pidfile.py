@@ -30,7 +30,7 @@ from prefork.errors import ConfigError
 
 __all__ = ["Pidfile", "read"]
 
-logger = logging.getLogger("prefork.pidfile")  # a public name: see docs/logging
+logger = logging.getLogger("prefork.pidfile")  # public: docs/operations.md, Logging
 
 #: The title a master gives itself (``prefork: master [name]``).
 MASTER_TITLE = "prefork: master"

@@ -35,7 +35,7 @@ __all__ = [
     "stopping",
 ]
 
-logger = logging.getLogger("prefork.systemd")  # a public name: see docs/logging
+logger = logging.getLogger("prefork.systemd")  # public: docs/operations.md, Logging
 
 #: The first inherited descriptor (``SD_LISTEN_FDS_START``).
 LISTEN_FDS_START = 3
