@@ -321,6 +321,10 @@ class TCPServer(BaseServer):
         request.close()
 
 
+#: Receive without waiting, on a blocking socket (0 where the platform lacks it).
+_DONTWAIT = getattr(socket, "MSG_DONTWAIT", 0)
+
+
 class UDPServer(TCPServer):
     """A server on a datagram socket; each request is ``(data, socket)``.
 
@@ -334,8 +338,14 @@ class UDPServer(TCPServer):
     max_packet_size: int = 8192
 
     def get_request(self) -> tuple[Any, Address]:
-        """Receive one datagram: returns ``((data, socket), client_address)``."""
-        data, client_addr = self.socket.recvfrom(self.max_packet_size)
+        """Receive one datagram: returns ``((data, socket), client_address)``.
+
+        It never waits (``MSG_DONTWAIT``; ``BlockingIOError`` when nothing is
+        there): it is called once the socket is readable, and in a prefork
+        worker another worker may have taken the datagram first, while the
+        socket itself stays blocking so that replies wait for room.
+        """
+        data, client_addr = self.socket.recvfrom(self.max_packet_size, _DONTWAIT)
         return (data, self.socket), client_addr
 
     def server_activate(self) -> None:

@@ -34,6 +34,7 @@ import selectors
 import signal
 import socket
 import ssl
+import struct
 import time
 from typing import Any
 
@@ -71,6 +72,9 @@ _DRAIN_IDLE_GRACE = 1.0
 _OVERFLOW_WAIT = 0.01
 #: Connections a saturated worker takes at once when they were left waiting.
 _ACCEPT_BATCH = 16
+
+#: The longest a datagram ``get_request`` that does not use MSG_DONTWAIT can block the loop.
+_RECEIVE_NET = 0.01
 
 _ACCEPT_ERRORS_TO_BACK_OFF = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
 
@@ -145,9 +149,12 @@ class Worker:
         self.nodelay = {id(s): _is_tcp_stream(s.socket) for s in self.servers}
         for each in self.servers:
             each._prefork_worker = self
-            # Workers share the listening socket: whoever loses the race for a
-            # connection or datagram must get EAGAIN, not block.
-            each.socket.setblocking(False)
+            if each.socket.type == socket.SOCK_DGRAM:
+                _wait_bounded_for_replies(each.socket, self.io_timeout)
+            else:
+                # Workers share the listening socket: whoever loses the race for a
+                # connection must get EAGAIN, not block.
+                each.socket.setblocking(False)
 
     # -- life cycle ---------------------------------------------------------------------------
 
@@ -570,6 +577,29 @@ def _jittered_limit(max_requests: int, jitter: int) -> int:
     import random
 
     return max_requests + (random.randint(0, jitter) if jitter > 0 else 0)
+
+
+def _wait_bounded_for_replies(sock: socket.socket, timeout: float) -> None:
+    """Make a shared datagram socket send as the standard library's does, within ``timeout``.
+
+    Replies go out on the socket the requests came in on.  Non-blocking, a reply
+    to a client whose queue is full (a Unix datagram client reading late) would
+    fail at once with EAGAIN and be lost; blocking, it waits for room, and
+    ``SO_SNDTIMEO`` bounds the wait so that a client that never reads holds a
+    thread for at most ``timeout``.  Receiving must still never wait (another
+    worker may take the datagram first): the servers' ``get_request`` reads with
+    ``MSG_DONTWAIT``, and a short ``SO_RCVTIMEO`` bounds a ``get_request`` of the
+    application's own that reads without it.
+    """
+    sock.setblocking(True)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, _timeval(timeout))
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, _timeval(_RECEIVE_NET))
+
+
+def _timeval(seconds: float) -> bytes:
+    """A ``struct timeval`` for ``SO_SNDTIMEO``/``SO_RCVTIMEO``."""
+    whole = int(seconds)
+    return struct.pack("@ll", whole, int((seconds - whole) * 1_000_000))
 
 
 def _is_tcp_stream(sock: socket.socket) -> bool:

@@ -85,6 +85,35 @@ def test_unix_datagram_echo_answers_from_several_workers(start_server):
         datagram_rounds(socket.AF_UNIX, path, workers, clients)
 
 
+DATAGRAM_BURST = 40
+
+
+@pytest.mark.timeout(60)
+def test_replies_to_a_client_that_reads_late_wait_instead_of_being_dropped(start_server):
+    """A burst of datagrams from a client that reads its replies only afterwards: its queue
+    holds few (net.unix.max_dgram_qlen, 10 by default), so the workers' replies must wait
+    for room, as the standard library's blocking sockets do, not fail with EAGAIN."""
+    with short_tmpdir() as tmp:
+        path = os.path.join(tmp, "server.sock")
+        # 2 x 16 threads plus the server's own queue hold the whole burst, so the client
+        # finishes sending before it reads (the replies then wait in sendto).
+        server = start_server(
+            "--kind", "unix-dgram-echo", "--path", path, "--workers", 2, "--threads", 16
+        )
+        server.wait_for_line(READY, count=2)
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as client:
+            client.bind(os.path.join(tmp, "client.sock"))
+            client.settimeout(10)
+            for n in range(DATAGRAM_BURST):
+                client.sendto(b"burst %d" % n, path)
+            replies = set()
+            for _ in range(DATAGRAM_BURST):
+                _, payload = client.recv(65536).split(b" ", 1)
+                replies.add(payload)
+        assert replies == {b"burst %d" % n for n in range(DATAGRAM_BURST)}
+        assert not server.find("BlockingIOError"), server.tail()
+
+
 # -- many keep-alive connections ------------------------------------------------------------
 
 KEEPALIVE_CLIENTS = 200
