@@ -4,25 +4,25 @@ from __future__ import annotations
 
 import http.client
 import shutil
+import signal
 import socket
 import ssl
 import subprocess
 from pathlib import Path
 
 import pytest
+from engine.harness import DEADLINE, wait_until
 
 from cli.harness import CommandProcess
 
 pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="needs openssl")
 
 
-@pytest.fixture(scope="module")
-def cert(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    directory = tmp_path_factory.mktemp("tls-command")
-    cert, key = directory / "cert.pem", directory / "key.pem"
+def _make_certificate(directory: Path, name: str = "cert") -> tuple[Path, Path]:
+    cert, key = directory / f"{name}.pem", directory / f"{name}-key.pem"
     subprocess.run(
         ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
-         "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+         "-subj", f"/CN=127.0.0.1/O={name}", "-addext", "subjectAltName=IP:127.0.0.1",
          # A self-signed certificate that is its own CA, as Python 3.13's strict checks want.
          "-addext", "basicConstraints=critical,CA:TRUE",
          "-addext", "keyUsage=critical,digitalSignature,keyEncipherment,keyCertSign",
@@ -30,6 +30,11 @@ def cert(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
         check=True, capture_output=True,
     )  # fmt: skip
     return cert, key
+
+
+@pytest.fixture(scope="module")
+def cert(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    return _make_certificate(tmp_path_factory.mktemp("tls-command"))
 
 
 def _get(address: tuple[str, int], cert: Path) -> str:
@@ -88,3 +93,49 @@ def test_wsgi_over_tls_sees_the_https_scheme(cert: tuple[Path, Path], tmp_path: 
     with server:
         server.start()
         assert _get(server.address, certfile) == "https on"
+
+
+def _served_certificate(address: tuple[str, int]) -> bytes:
+    """The certificate the server presents now, as DER (not verified: it changes)."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    with (
+        socket.create_connection(address, timeout=20) as plain,
+        context.wrap_socket(plain) as tls,
+    ):
+        served = tls.getpeercert(binary_form=True)
+    assert served is not None
+    return served
+
+
+def _der(cert: Path) -> bytes:
+    return ssl.PEM_cert_to_DER_cert(cert.read_text())
+
+
+def test_hup_serves_the_certificate_now_in_the_files(tmp_path: Path) -> None:
+    """Renewing a certificate (certbot, say) needs no restart: HUP starts workers that read
+    the files again, as gunicorn's reload does."""
+    old_cert, old_key = _make_certificate(tmp_path, "old")
+    new_cert, new_key = _make_certificate(tmp_path, "new")
+    certfile, keyfile = tmp_path / "server.pem", tmp_path / "server-key.pem"
+    shutil.copy(old_cert, certfile)
+    shutil.copy(old_key, keyfile)
+    server = CommandProcess(
+        "-w", 2, "-b", "127.0.0.1:0", "--certfile", certfile, "--keyfile", keyfile,
+        "prefork.examples.hello:HelloHandler", cwd=tmp_path,
+    )  # fmt: skip
+    with server:
+        server.start()
+        assert _served_certificate(server.address) == _der(old_cert)
+        shutil.copy(new_cert, certfile)
+        shutil.copy(new_key, keyfile)
+        server.send(signal.SIGHUP)
+        server.wait_for_workers(2)
+        wait_until(
+            lambda: _served_certificate(server.address) == _der(new_cert),
+            DEADLINE,
+            "the renewed certificate served after HUP",
+            server.tail,
+        )
+        assert _get(server.address, new_cert).startswith("Hello")
