@@ -415,32 +415,30 @@ class WSGIRequestHandler(http.server.BaseHTTPRequestHandler):
         writer.code = 500
         writer.headers_sent = True
         body = b"" if writer.head_only else _INTERNAL_ERROR
-        response = error_response(
-            self.protocol_version, self.server_version, 500, body, len(_INTERNAL_ERROR)
-        )
-        try:
-            self.connection.sendall(response)
-        except OSError as err:
-            logger.debug("%s: could not send a 500: %r", self._peer(), err)
-            return
-        writer.sent = len(body)
-        discard_received(self.connection)
+        if self._send_error(500, body, len(_INTERNAL_ERROR)):
+            writer.sent = len(body)
 
     def _reject(self, status: int, detail: str) -> None:
         """Answer a request that cannot be served with ``status``; the connection closes."""
         logger.debug("%s: rejected with %d: %s", self._peer(), status, detail)
         body = b"" if self.command == "HEAD" else f"{_reason(status)}: {detail}\n".encode()
-        response = error_response(self.protocol_version, self.server_version, status, body)
-        try:
-            self.connection.sendall(response)
-        except OSError as err:
-            logger.debug("%s: could not send a %d: %r", self._peer(), status, err)
+        if not self._send_error(status, body):
             return
-        discard_received(self.connection)
         if getattr(self.server, "access_log", False):
             line = getattr(self, "raw_requestline", b"")[:200]
             self.requestline = line.decode("latin-1")
             self.log_request(status, len(body))
+
+    def _send_error(self, status: int, body: bytes, length: int | None = None) -> bool:
+        """Send an error response whole, then drop the input received; ``False`` if it failed."""
+        response = error_response(self.protocol_version, self.server_version, status, body, length)
+        try:
+            self.connection.sendall(response)
+        except OSError as err:
+            logger.debug("%s: could not send a %d: %r", self._peer(), status, err)
+            return False
+        discard_received(self.connection)
+        return True
 
     def _peer(self) -> str:
         return str(self.client_address)
