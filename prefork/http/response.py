@@ -179,9 +179,9 @@ class ResponseWriter:
     returned.  After the response, ``keep_alive`` tells whether the connection
     may carry another request, ``code`` and ``sent`` what was answered.
 
-    It is one class of some 290 lines because every method shares the state of
-    the response in flight on the per-request hot path: split in two, each
-    method would reach that state through a second object.
+    Its size: every method shares the state of the response in flight, on the
+    per-request hot path; split in two, each method would reach that state
+    through a second object.
     """
 
     connection: Any
