@@ -197,6 +197,7 @@ class ResponseWriter:
     continue_sent: bool
     status: str | None
     code: int
+    headers: list[tuple[str, str]]
     header_block: str
     content_length: int | None
     has_date: bool
@@ -279,6 +280,7 @@ class ResponseWriter:
         block, content_length, has_date, has_server, app_close = _check_headers(headers)
         self.status = status
         self.code = int(code)
+        self.headers = headers
         self.header_block = block
         self.content_length = content_length
         self.has_date = has_date

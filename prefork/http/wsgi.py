@@ -83,11 +83,14 @@ import http.server
 import logging
 import socket
 import ssl
+import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from prefork.core.server import TCPServer
+from prefork.http.access_log import DEFAULT_FORMAT, AccessLog, access_log_for
 from prefork.http.body import _EMPTY_INPUT, ChunkedBodyError, ClientDisconnectedError, _Input
+from prefork.http.forwarded import DEFAULT_ALLOW, TrustedProxies, apply_forwarded
 from prefork.http.parser import (
     _has_token,
     _RequestError,
@@ -168,12 +171,17 @@ class WSGIServer(TCPServer):
 
     Set the application with :meth:`set_app` (it is kept as ``application``).
     ``access_log`` (class attribute, default ``False``) makes the handler log
-    each request to standard error.
+    each request to standard error, as ``http.server`` does; the access log
+    proper is the ``prefork.access`` logger's (:mod:`prefork.http.access_log`),
+    in ``access_log_format``.  ``forwarded_allow_ips`` names the proxies whose
+    ``X-Forwarded-*`` headers are believed (:mod:`prefork.http.forwarded`).
     """
 
     allow_reuse_address = True
     application: WSGIApplication | None = None
     access_log: bool = False
+    access_log_format: str = DEFAULT_FORMAT
+    forwarded_allow_ips: str = DEFAULT_ALLOW
 
     def set_app(self, application: WSGIApplication) -> None:
         """Set the WSGI application to serve."""
@@ -195,6 +203,17 @@ def make_server(
     server = server_class((host, port), handler_class or WSGIRequestHandler)
     server.set_app(app)
     return server
+
+
+def _trusted_proxies(server: Any) -> TrustedProxies:
+    """The server's ``forwarded_allow_ips``, parsed once per value."""
+    spec = getattr(server, "forwarded_allow_ips", DEFAULT_ALLOW)
+    cached = getattr(server, "_prefork_trusted_proxies", None)
+    if cached is None or cached[0] != spec:
+        cached = (spec, TrustedProxies(spec))
+        with contextlib.suppress(AttributeError):
+            server._prefork_trusted_proxies = cached
+    return cached[1]
 
 
 def _server_environ(server: Any) -> dict[str, Any]:
@@ -242,6 +261,8 @@ class WSGIRequestHandler(http.server.BaseHTTPRequestHandler):
     _connection_environ: dict[str, Any]
     _server_from_host: bool
     _writer: ResponseWriter
+    _access_log: AccessLog | None
+    _proxy: TrustedProxies | None  # the peer's proxies, when the peer is one of them
     # Per request, set by _prepare().
     _input: _Input
 
@@ -277,6 +298,9 @@ class WSGIRequestHandler(http.server.BaseHTTPRequestHandler):
             server, self.max_line, self.max_headers, self.max_field_size
         )
         self._writer = ResponseWriter(sock, self.server_version, self.drain_limit)
+        self._access_log = access_log_for(server)
+        proxies = _trusted_proxies(server)
+        self._proxy = proxies if proxies.trusts_peer(client) else None
 
     # -- one request ----------------------------------------------------------------------
 
@@ -287,6 +311,8 @@ class WSGIRequestHandler(http.server.BaseHTTPRequestHandler):
         """
         self.close_connection = True
         self.command = None  # type: ignore[assignment]
+        access_log = self._access_log
+        started = time.time() if access_log is not None else 0.0
         try:
             environ = self._read_request()
         except _RequestError as exc:
@@ -297,6 +323,10 @@ class WSGIRequestHandler(http.server.BaseHTTPRequestHandler):
             return
         if environ is not None:
             self._serve(environ)
+            if access_log is not None:
+                writer = self._writer
+                code = writer.code if writer.status else 500
+                access_log.log(environ, code, writer.sent, writer.headers, started)
 
     def _read_request(self) -> dict[str, Any] | None:
         """Read and parse a request head into an environ; ``None`` at end of input."""
@@ -311,6 +341,10 @@ class WSGIRequestHandler(http.server.BaseHTTPRequestHandler):
         environ = request_environ(self._connection_environ, method, target, protocol)
         self.path = environ["RAW_URI"]
         add_header_fields(environ, lines)
+        if self._proxy is not None:
+            problem = apply_forwarded(environ, self._proxy)
+            if problem is not None:
+                raise _RequestError(400, problem)
         self._prepare(environ, http11)
         return environ
 

@@ -214,6 +214,7 @@ def run(namespace: argparse.Namespace) -> int:
         values["logfile"],
         values["logconfig"],
         capture_output=values["capture_output"],
+        access_logfile=values["accesslog"],
     )
     command = Command(app, values, cli, config_path)
     command.launch_dir = launch_dir

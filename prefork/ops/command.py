@@ -51,6 +51,8 @@ ENGINE_ATTRIBUTES = {
     "limit_request_line": "limit_request_line",
     "limit_request_fields": "limit_request_fields",
     "limit_request_field_size": "limit_request_field_size",
+    "forwarded_allow_ips": "forwarded_allow_ips",
+    "access_log_format": "access_log_format",
 }
 
 
@@ -343,7 +345,7 @@ class Command:
             for setting, attribute in ENGINE_ATTRIBUTES.items():
                 setattr(server, attribute, self.settings[setting])
         logging.getLogger().setLevel(self.settings["loglevel"].upper())
-        if applied & {"logfile", "logconfig"}:
+        if applied & {"logfile", "logconfig", "accesslog"}:
             self._reconfigure_logging()
 
     def _reconfigure_logging(self) -> None:
@@ -355,6 +357,7 @@ class Command:
                 self.settings["logfile"],
                 self.settings["logconfig"],
                 capture_output=self.settings["capture_output"],
+                access_logfile=self.settings["accesslog"],
             )
         except ConfigError as exc:
             logger.error("reload: keeping the current log handlers: %s", exc)

@@ -7,6 +7,7 @@ since the master and the workers do it whoever configured the logging.
 from __future__ import annotations
 
 import logging
+import sys
 
 from prefork.engine.logfiles import capture_std_streams
 
@@ -14,19 +15,27 @@ LOG_FORMAT = "%(asctime)s [%(process)d] [%(levelname)s] %(name)s: %(message)s"
 
 
 def configure_logging(
-    level: str, logfile: str | None, logconfig: str | None, *, capture_output: bool = False
+    level: str,
+    logfile: str | None,
+    logconfig: str | None,
+    *,
+    capture_output: bool = False,
+    access_logfile: str | None = None,
 ) -> None:
     """Set up the root logger for the command: a dictConfig file, or one handler.
 
     ``logfile`` of ``None`` or ``"-"`` logs to stderr.  ``capture_output``
     redirects the process's stdout and stderr (file descriptors 1 and 2, so
-    children inherit it) into the log file.  Errors are
-    :class:`~prefork.errors.ConfigError` with one line.
+    children inherit it) into the log file.  ``access_logfile`` (``"-"`` for
+    stdout) gives the ``prefork.access`` logger a handler of its own, which turns
+    the WSGI access log on.  Errors are :class:`~prefork.errors.ConfigError`
+    with one line.
     """
     import logging.config
 
     from prefork.errors import ConfigError
 
+    _configure_access_log(access_logfile)
     if logconfig:
         try:
             logging.config.dictConfig(_read_dict_config(logconfig))
@@ -50,6 +59,30 @@ def configure_logging(
     root.setLevel(level.upper())
     if capture_output and isinstance(handler, logging.FileHandler) and handler.stream:
         capture_std_streams(handler)
+
+
+def _configure_access_log(path: str | None) -> None:
+    """Give ``prefork.access`` its own handler for ``path``, or none (the log is off)."""
+    from prefork.errors import ConfigError
+    from prefork.http.access_log import LOGGER_NAME
+
+    access = logging.getLogger(LOGGER_NAME)
+    handler: logging.Handler | None = None
+    if path == "-":
+        handler = logging.StreamHandler(sys.stdout)
+    elif path:
+        try:
+            handler = logging.FileHandler(path)
+        except OSError as exc:
+            raise ConfigError(f"cannot open access log {path}: {exc.strerror}") from None
+    for old in list(access.handlers):  # only once the new one could be opened
+        access.removeHandler(old)
+        old.close()
+    if handler is not None:
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        access.addHandler(handler)
+        access.setLevel(logging.INFO)
+        access.propagate = False
 
 
 def _read_dict_config(path: str) -> dict[str, object]:

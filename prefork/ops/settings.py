@@ -88,6 +88,23 @@ def _optional_text(value: Any) -> str | None:
     return None if value in (None, "") else _text(value)
 
 
+def _trusted_addresses(value: Any) -> str:
+    """comma-separated addresses, networks or *"""
+    from prefork.http.forwarded import TrustedProxies
+
+    text = ",".join(value) if isinstance(value, list) else _text(value)
+    TrustedProxies(text)  # raises ConfigError naming the bad entry
+    return text
+
+
+def _access_log_format(value: Any) -> str:
+    """a %-format of access log atoms"""
+    from prefork.http.access_log import AccessLog
+
+    AccessLog(_text(value))  # raises ValueError naming the problem
+    return str(value)
+
+
 def _binds(value: Any) -> list[str]:
     """list of bind addresses"""
     items = [value] if isinstance(value, str) else value
@@ -253,6 +270,11 @@ SETTINGS: tuple[Setting, ...] = (
             ("--limit-request-field_size", "--limit-request-field-size"), _integer(0), 8190,
             "Most bytes in an HTTP request header line (0: unlimited); longer gets 431.",
             "worker processes", "INT"),
+    Setting("forwarded_allow_ips", ("--forwarded-allow-ips",), _trusted_addresses,
+            "127.0.0.1,::1",
+            "Proxies whose X-Forwarded-For and X-Forwarded-Proto are believed (WSGI): "
+            "addresses and networks, comma-separated, or '*'. Unix socket peers always are.",
+            "worker processes", "ADDRESSES"),
     Setting("max_requests", ("--max-requests",), _integer(0), 0,
             "Recycle a worker after this many requests (0: never).", "worker processes", "INT"),
     Setting("max_requests_jitter", ("--max-requests-jitter",), _integer(0), 0,
@@ -303,6 +325,13 @@ SETTINGS: tuple[Setting, ...] = (
             "Redirect the master's and workers' stdout and stderr into --log-file "
             "(print(), wsgi.errors, http.server's request lines).", "logging",
             flag_only=True, reloadable=False),
+    Setting("accesslog", ("--access-logfile",), _optional_text, None,
+            "Write an access log line per WSGI request to this file ('-' is stdout); "
+            "off by default; USR1 reopens it.", "logging", "FILE"),
+    Setting("access_log_format", ("--access-logformat",), _access_log_format,
+            '%(h)s %(l)s %(u)s %(t)s "%(r)s" %(s)s %(b)s "%(f)s" "%(a)s"',
+            "The access log's format, in gunicorn's atoms (the default is the combined "
+            "log format).", "logging", "FORMAT"),
     Setting("logconfig", ("--log-config",), _optional_text, None,
             "A logging dictConfig in a TOML or JSON file.", "logging", "FILE"),
     Setting("metrics_bind", ("--metrics-bind",), _optional_text, None,

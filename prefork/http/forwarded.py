@@ -1,0 +1,156 @@
+"""Behind a proxy: the client's address and scheme from ``X-Forwarded-*``, if the peer is trusted.
+
+``forwarded_allow_ips`` names the proxies whose headers count: addresses and
+networks (``10.0.0.0/8``), comma-separated, or ``*`` for every peer; a peer on a
+Unix socket is always trusted (only a local process can be one), as in gunicorn.
+From a trusted peer:
+
+* ``X-Forwarded-For`` gives ``REMOTE_ADDR``: the rightmost address in it that is
+  not itself a trusted proxy (the leftmost ones are whatever the client wrote);
+* ``X-Forwarded-Proto: https``, ``X-Forwarded-Protocol: ssl`` or
+  ``X-Forwarded-Ssl: on`` (gunicorn's ``secure_scheme_headers``) give
+  ``wsgi.url_scheme`` and ``HTTPS``; headers that contradict each other are a
+  ``400``, since the request cannot be both.
+
+From any other peer these headers stay in the environ as the client sent them,
+and change nothing.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable, MutableMapping
+from typing import Any
+
+from prefork.errors import ConfigError
+
+__all__ = ["DEFAULT_ALLOW", "SCHEME_HEADERS", "TrustedProxies", "apply_forwarded"]
+
+#: gunicorn's default: the proxy on the same machine.
+DEFAULT_ALLOW = "127.0.0.1,::1"
+
+#: Each scheme header (as an environ key) and the value that means HTTPS.
+SCHEME_HEADERS = {
+    "HTTP_X_FORWARDED_PROTO": "https",
+    "HTTP_X_FORWARDED_PROTOCOL": "ssl",
+    "HTTP_X_FORWARDED_SSL": "on",
+}
+
+_FORWARDED_FOR = "HTTP_X_FORWARDED_FOR"
+
+#: Peers remembered by :class:`TrustedProxies` (a server sees few distinct proxies).
+_CACHE_LIMIT = 1024
+
+_Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+class TrustedProxies:
+    """The peers whose ``X-Forwarded-*`` headers are believed (``forwarded_allow_ips``)."""
+
+    def __init__(self, spec: str | Iterable[str] | None) -> None:
+        items = spec.split(",") if isinstance(spec, str) else list(spec or ())
+        items = [item.strip() for item in items if item.strip()]
+        self.everyone = "*" in items
+        self.networks: list[_Network] = []
+        for item in items:
+            if item == "*":
+                continue
+            try:
+                self.networks.append(ipaddress.ip_network(item, strict=False))
+            except ValueError:
+                raise ConfigError(
+                    f"forwarded_allow_ips: {item!r} is not an IP address or network"
+                ) from None
+        self._known: dict[str, bool] = {}
+
+    def __bool__(self) -> bool:
+        return self.everyone or bool(self.networks)
+
+    def trusts_peer(self, peer: Any) -> bool:
+        """Whether a connection from ``peer`` (its client address) comes from a trusted proxy.
+
+        A ``(host, port)`` tuple is looked up; any other address is a Unix
+        socket's, trusted unless nobody is.
+        """
+        if isinstance(peer, tuple):
+            return bool(peer) and str(peer[0]) in self
+        return bool(self)
+
+    def __contains__(self, address: object) -> bool:
+        """Whether ``address`` (an IP address as text) is a trusted proxy."""
+        if not isinstance(address, str):
+            return False
+        known = self._known.get(address)
+        if known is None:
+            known = self.everyone or _in_networks(address, self.networks)
+            if len(self._known) < _CACHE_LIMIT:
+                self._known[address] = known
+        return known
+
+
+def apply_forwarded(environ: MutableMapping[str, Any], proxies: TrustedProxies) -> str | None:
+    """Rewrite ``environ`` from the forwarding headers of a peer that ``proxies`` trusts.
+
+    Returns ``None``, or the reason for a ``400``.
+    """
+    forwarded_for = environ.get(_FORWARDED_FOR)
+    if forwarded_for:
+        client = _client_address(forwarded_for, proxies)
+        if client is not None:
+            environ["REMOTE_ADDR"] = client
+    secure = None
+    for key, secure_value in SCHEME_HEADERS.items():
+        value = environ.get(key)
+        if value is None:
+            continue
+        says_secure = value.strip().lower() == secure_value
+        if secure is not None and secure != says_secure:
+            return "contradictory X-Forwarded scheme headers"
+        secure = says_secure
+    if secure is True:
+        environ["wsgi.url_scheme"] = "https"
+        environ["HTTPS"] = "on"
+    elif secure is False:
+        environ["wsgi.url_scheme"] = "http"
+        environ.pop("HTTPS", None)
+    return None
+
+
+def _client_address(forwarded_for: str, proxies: TrustedProxies) -> str | None:
+    """The rightmost address of ``X-Forwarded-For`` that is not a trusted proxy.
+
+    Stops at an entry that is not an address (``unknown``, garbage): what lies
+    left of it cannot be told apart from what the client made up, so the last
+    proxy's word (the entry right of it, if any) is kept.
+    """
+    chosen = None
+    for entry in reversed(forwarded_for.split(",")):
+        address = _address_of(entry.strip())
+        if address is None:
+            break
+        chosen = address
+        if address not in proxies:
+            break
+    return chosen
+
+
+def _address_of(entry: str) -> str | None:
+    """The IP address in an ``X-Forwarded-For`` entry (``1.2.3.4:80`` and ``[::1]:80`` too)."""
+    if entry.startswith("["):
+        entry = entry[1:].partition("]")[0]
+    elif entry.count(":") == 1:
+        entry = entry.partition(":")[0]
+    try:
+        return str(ipaddress.ip_address(entry))
+    except ValueError:
+        return None
+
+
+def _in_networks(address: str, networks: list[_Network]) -> bool:
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped  # ::ffff:127.0.0.1 from a dual-stack socket
+    return any(ip in network for network in networks)
