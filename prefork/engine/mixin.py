@@ -64,6 +64,8 @@ _SETTINGS = (
     "max_boot_failures",
     "max_worker_memory",
     "metrics_bind",
+    "proxy_protocol",
+    "proxy_allow_ips",
     "proc_name",
 )
 
@@ -107,6 +109,12 @@ class PreforkMixIn:
     ``metrics_bind``
         ``HOST:PORT`` or ``unix:PATH`` where the master serves Prometheus
         metrics of the scoreboard (answered even when every worker is stuck).
+    ``proxy_protocol``, ``proxy_allow_ips``
+        a stream connection from a peer in ``proxy_allow_ips`` (addresses and
+        networks, comma-separated, or ``*``; default ``127.0.0.1,::1``) must
+        start with a PROXY protocol header, version 1 or 2, whose source
+        address the handler then gets as ``client_address``
+        (:mod:`prefork.engine.proxy_protocol`).
     ``proc_name``
         shown in process titles.
 
@@ -131,6 +139,8 @@ class PreforkMixIn:
     max_boot_failures: int = 10
     max_worker_memory: int = 0
     metrics_bind: str | None = None
+    proxy_protocol: bool = False
+    proxy_allow_ips: str = "127.0.0.1,::1"
     proc_name: str | None = None
 
     _prefork_worker: Any = None

@@ -19,10 +19,10 @@ and change nothing.
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable, MutableMapping
+from collections.abc import MutableMapping
 from typing import Any
 
-from prefork.errors import ConfigError
+from prefork.engine.trusted import TrustedProxies
 
 __all__ = ["DEFAULT_ALLOW", "SCHEME_HEADERS", "TrustedProxies", "apply_forwarded"]
 
@@ -37,55 +37,6 @@ SCHEME_HEADERS = {
 }
 
 _FORWARDED_FOR = "HTTP_X_FORWARDED_FOR"
-
-#: Peers remembered by :class:`TrustedProxies` (a server sees few distinct proxies).
-_CACHE_LIMIT = 1024
-
-_Network = ipaddress.IPv4Network | ipaddress.IPv6Network
-
-
-class TrustedProxies:
-    """The peers whose ``X-Forwarded-*`` headers are believed (``forwarded_allow_ips``)."""
-
-    def __init__(self, spec: str | Iterable[str] | None) -> None:
-        items = spec.split(",") if isinstance(spec, str) else list(spec or ())
-        items = [item.strip() for item in items if item.strip()]
-        self.everyone = "*" in items
-        self.networks: list[_Network] = []
-        for item in items:
-            if item == "*":
-                continue
-            try:
-                self.networks.append(ipaddress.ip_network(item, strict=False))
-            except ValueError:
-                raise ConfigError(
-                    f"forwarded_allow_ips: {item!r} is not an IP address or network"
-                ) from None
-        self._known: dict[str, bool] = {}
-
-    def __bool__(self) -> bool:
-        return self.everyone or bool(self.networks)
-
-    def trusts_peer(self, peer: Any) -> bool:
-        """Whether a connection from ``peer`` (its client address) comes from a trusted proxy.
-
-        A ``(host, port)`` tuple is looked up; any other address is a Unix
-        socket's, trusted unless nobody is.
-        """
-        if isinstance(peer, tuple):
-            return bool(peer) and str(peer[0]) in self
-        return bool(self)
-
-    def __contains__(self, address: object) -> bool:
-        """Whether ``address`` (an IP address as text) is a trusted proxy."""
-        if not isinstance(address, str):
-            return False
-        known = self._known.get(address)
-        if known is None:
-            known = self.everyone or _in_networks(address, self.networks)
-            if len(self._known) < _CACHE_LIMIT:
-                self._known[address] = known
-        return known
 
 
 def apply_forwarded(environ: MutableMapping[str, Any], proxies: TrustedProxies) -> str | None:
@@ -144,13 +95,3 @@ def _address_of(entry: str) -> str | None:
         return str(ipaddress.ip_address(entry))
     except ValueError:
         return None
-
-
-def _in_networks(address: str, networks: list[_Network]) -> bool:
-    try:
-        ip = ipaddress.ip_address(address)
-    except ValueError:
-        return False
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped  # ::ffff:127.0.0.1 from a dual-stack socket
-    return any(ip in network for network in networks)

@@ -52,6 +52,8 @@ ENGINE_ATTRIBUTES = {
     "limit_request_fields": "limit_request_fields",
     "limit_request_field_size": "limit_request_field_size",
     "forwarded_allow_ips": "forwarded_allow_ips",
+    "proxy_protocol": "proxy_protocol",
+    "proxy_allow_ips": "proxy_allow_ips",
     "access_log_format": "access_log_format",
 }
 

@@ -275,6 +275,13 @@ SETTINGS: tuple[Setting, ...] = (
             "Proxies whose X-Forwarded-For and X-Forwarded-Proto are believed (WSGI): "
             "addresses and networks, comma-separated, or '*'. Unix socket peers always are.",
             "worker processes", "ADDRESSES"),
+    Setting("proxy_protocol", ("--proxy-protocol",), _boolean, False,
+            "Connections from --proxy-allow-from peers start with a PROXY protocol header "
+            "(v1 or v2: HAProxy, AWS NLB); the client address comes from it.",
+            "worker processes", flag_only=True),
+    Setting("proxy_allow_ips", ("--proxy-allow-from",), _trusted_addresses, "127.0.0.1,::1",
+            "Peers that must send a PROXY header with --proxy-protocol: addresses and "
+            "networks, comma-separated, or '*'.", "worker processes", "ADDRESSES"),
     Setting("max_requests", ("--max-requests",), _integer(0), 0,
             "Recycle a worker after this many requests (0: never).", "worker processes", "INT"),
     Setting("max_requests_jitter", ("--max-requests-jitter",), _integer(0), 0,

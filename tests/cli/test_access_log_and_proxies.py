@@ -6,6 +6,7 @@ import http.client
 import os
 import re
 import signal
+import socket
 from pathlib import Path
 
 import pytest
@@ -158,3 +159,67 @@ def test_bad_proxy_and_access_log_settings_are_one_line_errors(
     assert result.returncode == 2, result
     assert message in result.stderr and "Traceback" not in result.stderr, result.stderr
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+PEER_APP = """
+import prefork
+
+
+class Peer(prefork.StreamRequestHandler):
+    def handle(self):
+        self.rfile.readline()
+        self.wfile.write(f"{self.client_address[0]} {self.client_address[1]}\\n".encode())
+"""
+
+V1 = b"PROXY TCP4 203.0.113.9 127.0.0.1 40404 80\r\n"
+V2 = (
+    b"\r\n\r\n\x00\r\nQUIT\n\x21\x11\x00\x0c"
+    + bytes([198, 51, 100, 7, 127, 0, 0, 1])
+    + (50505).to_bytes(2, "big")
+    + (80).to_bytes(2, "big")
+)
+
+
+def exchange(address, data: bytes) -> bytes:
+    with socket.create_connection(address, timeout=20) as sock:
+        sock.sendall(data)
+        sock.shutdown(socket.SHUT_WR)
+        received = b""
+        while chunk := sock.recv(65536):
+            received += chunk
+        return received
+
+
+def test_proxy_protocol_gives_wsgi_and_stream_handlers_the_client_address(
+    start_command, echo_app: Path
+) -> None:
+    (echo_app / "peerapp.py").write_text(PEER_APP)
+    wsgi = start_command(
+        "--wsgi", "-w", 1, "-b", "127.0.0.1:0", "--proxy-protocol", "echoapp:application"
+    )
+    stream = start_command("-w", 1, "-b", "127.0.0.1:0", "--proxy-protocol", "peerapp:Peer")
+    wsgi.wait_for_line(READY)
+    stream.wait_for_line(READY)
+    request = b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+    assert exchange(wsgi.address, V1 + request).endswith(b"\r\n\r\n203.0.113.9 http -")
+    assert exchange(wsgi.address, V2 + request).endswith(b"\r\n\r\n198.51.100.7 http -")
+    assert exchange(stream.address, V1 + b"hi\n") == b"203.0.113.9 40404\n"
+    assert exchange(stream.address, V2 + b"hi\n") == b"198.51.100.7 50505\n"
+    # From a proxy the header is required: a bare request is refused, logged, and the
+    # worker serves on.
+    mark = stream.mark()
+    assert exchange(stream.address, b"hi\n") == b""
+    stream.wait_for_line("does not start with a PROXY header", since=mark)
+    assert exchange(stream.address, b"PROXY UNKNOWN\r\nhi\n").startswith(b"127.0.0.1 ")
+
+
+def test_proxy_protocol_is_not_asked_of_peers_outside_proxy_allow_from(
+    start_command, echo_app: Path
+) -> None:
+    (echo_app / "peerapp.py").write_text(PEER_APP)
+    server = start_command(
+        "-w", 1, "-b", "127.0.0.1:0", "--proxy-protocol", "--proxy-allow-from", "10.0.0.0/8",
+        "peerapp:Peer",
+    )  # fmt: skip
+    server.wait_for_line(READY)
+    assert exchange(server.address, b"hi\n").startswith(b"127.0.0.1 ")
