@@ -18,7 +18,7 @@ and change nothing.
 
 from __future__ import annotations
 
-import ipaddress
+import socket
 from collections.abc import MutableMapping
 from typing import Any
 
@@ -37,6 +37,7 @@ SCHEME_HEADERS = {
 }
 
 _FORWARDED_FOR = "HTTP_X_FORWARDED_FOR"
+_SCHEME_KEYS = tuple(SCHEME_HEADERS.items())
 
 
 def apply_forwarded(environ: MutableMapping[str, Any], proxies: TrustedProxies) -> str | None:
@@ -44,14 +45,22 @@ def apply_forwarded(environ: MutableMapping[str, Any], proxies: TrustedProxies) 
 
     Returns ``None``, or the reason for a ``400``.
     """
-    forwarded_for = environ.get(_FORWARDED_FOR)
+    get = environ.get
+    forwarded_for = get(_FORWARDED_FOR)
+    if (
+        forwarded_for is None
+        and get("HTTP_X_FORWARDED_PROTO") is None
+        and get("HTTP_X_FORWARDED_PROTOCOL") is None
+        and get("HTTP_X_FORWARDED_SSL") is None
+    ):
+        return None  # the common case, every request from a trusted peer: keep it cheap
+    schemes = [(get(key), secure) for key, secure in _SCHEME_KEYS]
     if forwarded_for:
         client = _client_address(forwarded_for, proxies)
         if client is not None:
             environ["REMOTE_ADDR"] = client
     secure = None
-    for key, secure_value in SCHEME_HEADERS.items():
-        value = environ.get(key)
+    for value, secure_value in schemes:
         if value is None:
             continue
         says_secure = value.strip().lower() == secure_value
@@ -91,7 +100,8 @@ def _address_of(entry: str) -> str | None:
         entry = entry[1:].partition("]")[0]
     elif entry.count(":") == 1:
         entry = entry.partition(":")[0]
-    try:
-        return str(ipaddress.ip_address(entry))
-    except ValueError:
+    family = socket.AF_INET6 if ":" in entry else socket.AF_INET
+    try:  # inet_pton checks and inet_ntop normalises, both in C: this runs per request
+        return socket.inet_ntop(family, socket.inet_pton(family, entry))
+    except (OSError, ValueError):
         return None

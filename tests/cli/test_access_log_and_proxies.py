@@ -181,12 +181,19 @@ V2 = (
 
 
 def exchange(address, data: bytes) -> bytes:
+    """Send ``data``, then read until the server closes (a refused connection may be closed,
+    even reset, before the client is done sending: that reads as nothing)."""
+    received = b""
     with socket.create_connection(address, timeout=20) as sock:
-        sock.sendall(data)
-        sock.shutdown(socket.SHUT_WR)
-        received = b""
-        while chunk := sock.recv(65536):
-            received += chunk
+        try:
+            sock.sendall(data)
+            sock.shutdown(socket.SHUT_WR)
+            while chunk := sock.recv(65536):
+                received += chunk
+        except TimeoutError:
+            raise
+        except OSError:
+            pass  # closed or reset by the server
         return received
 
 
