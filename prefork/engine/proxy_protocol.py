@@ -19,9 +19,22 @@ from __future__ import annotations
 
 import enum
 import ipaddress
+import logging
+import selectors
 import socket
+from collections.abc import Callable
+from typing import Any
 
-__all__ = ["V2_SIGNATURE", "ProxyHeaderError", "ProxyHeaderReader", "Read"]
+__all__ = [
+    "V2_SIGNATURE",
+    "AwaitingHeader",
+    "AwaitingHeaders",
+    "ProxyHeaderError",
+    "ProxyHeaderReader",
+    "Read",
+]
+
+logger = logging.getLogger("prefork.worker")  # public: docs/operations.md, Logging
 
 #: The first 12 bytes of a version 2 header.
 V2_SIGNATURE = b"\r\n\r\n\x00\r\nQUIT\n"
@@ -181,3 +194,85 @@ def _port(*texts: str) -> int:
             raise ProxyHeaderError(f"PROXY port {text!r}")
         ports.append(int(text))
     return ports[0]
+
+
+class AwaitingHeader:
+    """A connection in the selector until its PROXY header has arrived (or its deadline)."""
+
+    __slots__ = ("deadline", "peer", "reader", "server")
+
+    def __init__(self, reader: ProxyHeaderReader, server: Any, peer: Any, deadline: float) -> None:
+        self.reader = reader
+        self.server = server
+        self.peer = peer
+        self.deadline = deadline
+
+
+class AwaitingHeaders:
+    """The connections of a worker whose PROXY header is still arriving, held by no thread.
+
+    :meth:`start` registers a new connection in ``selector`` (with its
+    :class:`AwaitingHeader` as ``data``); the loop calls :meth:`readable` for
+    those keys and :meth:`expire` every turn.  A header that completes passes
+    the connection on to ``serve(sock, client_address, server)``; one that is
+    invalid, cut short or late closes it.
+    """
+
+    def __init__(
+        self,
+        selector: selectors.BaseSelector,
+        serve: Callable[[socket.socket, Any, Any], None],
+        name: str,
+    ) -> None:
+        self.selector = selector
+        self.serve = serve
+        self.name = name  # for the log: "worker 3"
+        self._by_fd: dict[int, AwaitingHeader] = {}
+
+    def __len__(self) -> int:
+        return len(self._by_fd)
+
+    def start(self, sock: socket.socket, peer: Any, server: Any, deadline: float) -> None:
+        """Wait for ``sock``'s header until ``deadline`` (reading what is there already)."""
+        waiting = AwaitingHeader(ProxyHeaderReader(sock), server, peer, deadline)
+        self._by_fd[sock.fileno()] = waiting
+        self.selector.register(sock, selectors.EVENT_READ, waiting)
+        self.readable(waiting)
+
+    def readable(self, waiting: AwaitingHeader) -> None:
+        """Read what arrived of a header; once it is whole, serve the connection."""
+        sock = waiting.reader.sock
+        try:
+            state = waiting.reader.read()
+        except ProxyHeaderError as exc:
+            logger.warning("%s: %s: %s; closing", self.name, waiting.peer, exc)
+            self._forget(waiting)
+            waiting.server.shutdown_request(sock)
+            return
+        if state is Read.WAITING:
+            return
+        self._forget(waiting)
+        if state is Read.CLOSED:
+            waiting.server.shutdown_request(sock)
+            return
+        self.serve(sock, waiting.reader.source or waiting.peer, waiting.server)
+
+    def next_deadline(self) -> float | None:
+        """The earliest deadline, if any connection waits."""
+        return min((w.deadline for w in self._by_fd.values()), default=None)
+
+    def shorten_deadlines(self, limit: float) -> None:
+        """Give every waiting connection at most until ``limit`` (a graceful stop)."""
+        for waiting in self._by_fd.values():
+            waiting.deadline = min(waiting.deadline, limit)
+
+    def expire(self, now: float) -> None:
+        """Close the connections whose header did not arrive in time."""
+        for waiting in [w for w in self._by_fd.values() if now >= w.deadline]:
+            logger.debug("%s: %s: no PROXY header in time", self.name, waiting.peer)
+            self._forget(waiting)
+            waiting.server.shutdown_request(waiting.reader.sock)
+
+    def _forget(self, waiting: AwaitingHeader) -> None:
+        del self._by_fd[waiting.reader.fileno()]
+        self.selector.unregister(waiting.reader.sock)

@@ -45,7 +45,7 @@ from prefork.engine.listeners import listen_backlog
 from prefork.engine.logfiles import dump_stream, reopen_log_files
 from prefork.engine.parking import ParkedConnections
 from prefork.engine.process import ExitCode, Notice, WorkerProcess, encode_notice
-from prefork.engine.proxy_protocol import ProxyHeaderError, ProxyHeaderReader, Read
+from prefork.engine.proxy_protocol import AwaitingHeader, AwaitingHeaders
 from prefork.engine.scoreboard import Scoreboard, WorkerSlot, WorkerState
 from prefork.engine.signals import SignalQueue
 from prefork.engine.tls import serve_tls, tls_context
@@ -131,8 +131,10 @@ class Worker:
         self.pool: ThreadPool | None = None
         self.selector = selectors.DefaultSelector()
         self.parked = ParkedConnections(self.selector)
-        #: Connections whose PROXY protocol header is still arriving, by fd.
-        self.awaiting_proxy: dict[int, _AwaitingProxyHeader] = {}
+        #: Connections whose PROXY protocol header is still arriving.
+        self.awaiting_proxy = AwaitingHeaders(
+            self.selector, self._dispatch_connection, f"worker {process.index}"
+        )
         self.to_park: collections.deque[HTTPConnection] = collections.deque()
         self.stop: Stop | None = None
         self.stop_deadline = 0.0
@@ -233,8 +235,8 @@ class Worker:
                     self._master_gone()
                 elif isinstance(tag, HTTPConnection):
                     self._resume(tag)
-                elif isinstance(tag, _AwaitingProxyHeader):
-                    self._read_proxy_header(tag)
+                elif isinstance(tag, AwaitingHeader):
+                    self.awaiting_proxy.readable(tag)
                 else:
                     self._accept(tag)
             self._handle_signals()
@@ -245,7 +247,7 @@ class Worker:
             self._take_overflow(now)
             self.parked.expire(now)
             if self.awaiting_proxy:
-                self._expire_proxy_headers(now)
+                self.awaiting_proxy.expire(now)
             self._heartbeat()
             if not asked_to_recycle and 0 < self.max_requests <= self._completed():
                 asked_to_recycle = True
@@ -274,8 +276,8 @@ class Worker:
         timeout = self.tick
         if self.parked:
             timeout = min(timeout, max(0.0, self.parked.next_check - time.monotonic()))
-        for waiting in self.awaiting_proxy.values():
-            timeout = min(timeout, max(0.0, waiting.deadline - time.monotonic()))
+        if self.awaiting_proxy and (deadline := self.awaiting_proxy.next_deadline()):
+            timeout = min(timeout, max(0.0, deadline - time.monotonic()))
         paused_for = self.accept_paused_until - time.monotonic()
         if paused_for > 0:
             timeout = min(timeout, paused_for)  # wake to listen again when the pause ends
@@ -333,8 +335,7 @@ class Worker:
         # races with a request already on its way.
         grace = time.monotonic() + _DRAIN_IDLE_GRACE
         self.parked.shorten_deadlines(grace)
-        for waiting in self.awaiting_proxy.values():
-            waiting.deadline = min(waiting.deadline, grace)
+        self.awaiting_proxy.shorten_deadlines(grace)
 
     def _drained(self) -> bool:
         assert self.pool is not None
@@ -492,15 +493,8 @@ class Worker:
         server = self.server if server is None else server
         proxies = self.proxy_protocol[id(server)]
         if proxies is not None and proxies.trusts_peer(client_address):
-            waiting = _AwaitingProxyHeader(
-                ProxyHeaderReader(request),
-                server,
-                client_address,
-                time.monotonic() + self.header_timeout,
-            )
-            self.awaiting_proxy[request.fileno()] = waiting
-            self.selector.register(request, selectors.EVENT_READ, waiting)
-            self._read_proxy_header(waiting)  # it may be there already
+            deadline = time.monotonic() + self.header_timeout
+            self.awaiting_proxy.start(request, client_address, server, deadline)
             return
         self._dispatch_connection(request, client_address, server)
 
@@ -524,39 +518,6 @@ class Worker:
             self.pool.submit(lambda: serve_tls(server, context, request, client_address, limit))
         else:
             self.pool.submit(lambda: server.process_request_thread(request, client_address))
-
-    # -- PROXY protocol headers ---------------------------------------------------------------
-
-    def _read_proxy_header(self, waiting: _AwaitingProxyHeader) -> None:
-        """Read what arrived of a PROXY header; once it is whole, serve the connection."""
-        sock = waiting.reader.sock
-        try:
-            state = waiting.reader.read()
-        except ProxyHeaderError as exc:
-            logger.warning("worker %d: %s: %s; closing", self.process.index, waiting.peer, exc)
-            self._stop_awaiting(waiting)
-            waiting.server.shutdown_request(sock)
-            return
-        if state is Read.WAITING:
-            return
-        self._stop_awaiting(waiting)
-        if state is Read.CLOSED:
-            waiting.server.shutdown_request(sock)
-            return
-        source = waiting.reader.source
-        self._dispatch_connection(sock, source or waiting.peer, waiting.server)
-
-    def _stop_awaiting(self, waiting: _AwaitingProxyHeader) -> None:
-        del self.awaiting_proxy[waiting.reader.fileno()]
-        self.selector.unregister(waiting.reader.sock)
-
-    def _expire_proxy_headers(self, now: float) -> None:
-        for waiting in [w for w in self.awaiting_proxy.values() if now >= w.deadline]:
-            logger.debug(
-                "worker %d: %s: no PROXY header in time", self.process.index, waiting.peer
-            )
-            self._stop_awaiting(waiting)
-            waiting.server.shutdown_request(waiting.reader.sock)
 
     # -- parked connections -------------------------------------------------------------------
 
@@ -666,18 +627,6 @@ def _timeval(seconds: float) -> bytes:
     """A ``struct timeval`` for ``SO_SNDTIMEO``/``SO_RCVTIMEO``."""
     whole = int(seconds)
     return struct.pack("@ll", whole, int((seconds - whole) * 1_000_000))
-
-
-class _AwaitingProxyHeader:
-    """A connection in the selector until its PROXY header has arrived (or its deadline)."""
-
-    __slots__ = ("deadline", "peer", "reader", "server")
-
-    def __init__(self, reader: ProxyHeaderReader, server: Any, peer: Any, deadline: float) -> None:
-        self.reader = reader
-        self.server = server
-        self.peer = peer
-        self.deadline = deadline
 
 
 def _proxy_protocol_peers(server: Any) -> TrustedProxies | None:
