@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import cProfile
-import os
 import pstats
 import re
 import shutil
@@ -157,9 +156,7 @@ def syscalls_per_request(
                 stdout=out, stderr=subprocess.STDOUT,
             )  # fmt: skip
         try:
-            text = _wait_for(
-                lambda: "ready" in log.read_text() and log.read_text(), 30, "the worker"
-            )
+            text = _wait_for(lambda: _text_with(log, "ready"), 30, "the worker")
             port = re.search(r"listening on tcp://127\.0\.0\.1:(\d+)", text)
             assert port, text
             url = f"http://127.0.0.1:{port[1]}/"
@@ -188,6 +185,12 @@ def syscalls_per_request(
             if len(fields) > 2 and fields[0].strip().isdigit():
                 result[fields[2].removeprefix("syscalls:sys_enter_")] = int(fields[0]) / requests
         return result
+
+
+def _text_with(path: Path, word: str) -> str | None:
+    """``path``'s text once it holds ``word``."""
+    text = path.read_text()
+    return text if word in text else None
 
 
 def _children(pid: int) -> list[str]:
@@ -223,7 +226,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     syscalls.add_argument("--threads", type=int, default=4)
     syscalls.add_argument("--duration", type=float, default=3.0)
     options = parser.parse_args(argv)
-    os.environ.setdefault("PYTHONHASHSEED", "0")
     if options.what == "handler":
         print(report_handlers(options.batches, options.top))
     else:

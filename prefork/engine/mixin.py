@@ -38,6 +38,7 @@ from prefork.core.threads import run_request
 from prefork.engine.listeners import listen_backlog
 from prefork.engine.master import BootError, Master
 from prefork.engine.process import WorkerProcess
+from prefork.engine.trusted import LOCAL_PROXIES
 
 logger = logging.getLogger("prefork.engine")  # public: docs/operations.md, Logging
 
@@ -140,7 +141,7 @@ class PreforkMixIn:
     max_worker_memory: int = 0
     metrics_bind: str | None = None
     proxy_protocol: bool = False
-    proxy_allow_ips: str = "127.0.0.1,::1"
+    proxy_allow_ips: str = LOCAL_PROXIES
     proc_name: str | None = None
 
     _prefork_worker: Any = None

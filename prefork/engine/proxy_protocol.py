@@ -151,10 +151,12 @@ def _parse_v1(line: bytes) -> tuple[str, int] | None:
         return None
     if len(fields) != 6 or fields[1] not in ("TCP4", "TCP6"):
         raise ProxyHeaderError(f"malformed PROXY line {text[:-2]!r}")
-    _, family, source, _destination, source_port, destination_port = fields
-    address = _address(source, 4 if family == "TCP4" else 6)
-    _address(_destination, 4 if family == "TCP4" else 6)
-    return address, _port(source_port, destination_port)
+    _, family, source, destination, source_port, destination_port = fields
+    version = 4 if family == "TCP4" else 6
+    address = _address(source, version)
+    _address(destination, version)  # checked, not kept
+    _port(destination_port)
+    return address, _port(source_port)
 
 
 def _parse_v2(data: bytes) -> tuple[str, int] | None:
@@ -187,13 +189,10 @@ def _address(text: str, version: int) -> str:
     return str(address)
 
 
-def _port(*texts: str) -> int:
-    ports = []
-    for text in texts:
-        if not text.isdigit() or (len(text) > 1 and text[0] == "0") or int(text) > 65535:
-            raise ProxyHeaderError(f"PROXY port {text!r}")
-        ports.append(int(text))
-    return ports[0]
+def _port(text: str) -> int:
+    if not text.isdigit() or (len(text) > 1 and text[0] == "0") or int(text) > 65535:
+        raise ProxyHeaderError(f"PROXY port {text!r}")
+    return int(text)
 
 
 class AwaitingHeader:
@@ -268,6 +267,8 @@ class AwaitingHeaders:
 
     def expire(self, now: float) -> None:
         """Close the connections whose header did not arrive in time."""
+        if not self._by_fd:
+            return
         for waiting in [w for w in self._by_fd.values() if now >= w.deadline]:
             logger.debug("%s: %s: no PROXY header in time", self.name, waiting.peer)
             self._forget(waiting)

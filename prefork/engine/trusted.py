@@ -8,7 +8,10 @@ from typing import Any
 
 from prefork.errors import ConfigError
 
-__all__ = ["TrustedProxies"]
+__all__ = ["LOCAL_PROXIES", "TrustedProxies"]
+
+#: The default list of both settings, as in gunicorn: a proxy on the same machine.
+LOCAL_PROXIES = "127.0.0.1,::1"
 
 #: Peers remembered by :class:`TrustedProxies` (a server sees few distinct proxies).
 _CACHE_LIMIT = 1024

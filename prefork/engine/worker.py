@@ -50,7 +50,7 @@ from prefork.engine.scoreboard import Scoreboard, WorkerSlot, WorkerState
 from prefork.engine.signals import SignalQueue
 from prefork.engine.tls import serve_tls, tls_context
 from prefork.engine.tracebacks import user_traceback
-from prefork.engine.trusted import TrustedProxies
+from prefork.engine.trusted import LOCAL_PROXIES, TrustedProxies
 
 logger = logging.getLogger("prefork.worker")  # public: docs/operations.md, Logging
 
@@ -246,8 +246,7 @@ class Worker:
             now = time.monotonic()
             self._take_overflow(now)
             self.parked.expire(now)
-            if self.awaiting_proxy:
-                self.awaiting_proxy.expire(now)
+            self.awaiting_proxy.expire(now)
             self._heartbeat()
             if not asked_to_recycle and 0 < self.max_requests <= self._completed():
                 asked_to_recycle = True
@@ -276,7 +275,7 @@ class Worker:
         timeout = self.tick
         if self.parked:
             timeout = min(timeout, max(0.0, self.parked.next_check - time.monotonic()))
-        if self.awaiting_proxy and (deadline := self.awaiting_proxy.next_deadline()):
+        if (deadline := self.awaiting_proxy.next_deadline()) is not None:
             timeout = min(timeout, max(0.0, deadline - time.monotonic()))
         paused_for = self.accept_paused_until - time.monotonic()
         if paused_for > 0:
@@ -633,7 +632,7 @@ def _proxy_protocol_peers(server: Any) -> TrustedProxies | None:
     """Who must send a PROXY header to ``server``, or ``None`` with ``proxy_protocol`` off."""
     if not getattr(server, "proxy_protocol", False) or server.socket.type != socket.SOCK_STREAM:
         return None
-    return TrustedProxies(getattr(server, "proxy_allow_ips", "127.0.0.1,::1"))
+    return TrustedProxies(getattr(server, "proxy_allow_ips", LOCAL_PROXIES))
 
 
 def _is_tcp_stream(sock: socket.socket) -> bool:

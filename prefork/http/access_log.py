@@ -47,7 +47,6 @@ class AccessLog:
     def __init__(self, format: str = DEFAULT_FORMAT, logger: logging.Logger | None = None) -> None:
         self.format = format
         self.logger = logger or logging.getLogger(LOGGER_NAME)
-        self.pid = f"<{os.getpid()}>"
         try:
             format % _Atoms({}, {})
         except (ValueError, TypeError, KeyError) as exc:
@@ -84,7 +83,7 @@ class AccessLog:
             "M": str(int(elapsed * 1000)),
             "D": str(int(elapsed * 1_000_000)),
             "L": f"{elapsed:.6f}",
-            "p": self.pid,
+            "p": f"<{os.getpid()}>",
         }
         for atom, key in _HEADER_ATOMS.items():
             atoms[atom] = environ.get(key) or "-"
@@ -171,7 +170,7 @@ def access_log_for(server: Any) -> AccessLog | None:
         return None
     format = getattr(server, "access_log_format", None) or DEFAULT_FORMAT
     cached = getattr(server, "_prefork_access_log", None)
-    if cached is None or cached.format != format or cached.pid != f"<{os.getpid()}>":
+    if cached is None or cached.format != format:
         cached = AccessLog(format, logger)
         with contextlib.suppress(AttributeError):
             server._prefork_access_log = cached

@@ -22,19 +22,20 @@ import socket
 from collections.abc import MutableMapping
 from typing import Any
 
-from prefork.engine.trusted import TrustedProxies
+from prefork.engine.trusted import LOCAL_PROXIES, TrustedProxies
 
 __all__ = ["DEFAULT_ALLOW", "SCHEME_HEADERS", "TrustedProxies", "apply_forwarded"]
 
 #: gunicorn's default: the proxy on the same machine.
-DEFAULT_ALLOW = "127.0.0.1,::1"
+DEFAULT_ALLOW = LOCAL_PROXIES
 
 #: Each scheme header (as an environ key) and the value that means HTTPS.
-SCHEME_HEADERS = {
-    "HTTP_X_FORWARDED_PROTO": "https",
-    "HTTP_X_FORWARDED_PROTOCOL": "ssl",
-    "HTTP_X_FORWARDED_SSL": "on",
-}
+_PROTO, _PROTOCOL, _SSL = (
+    "HTTP_X_FORWARDED_PROTO",
+    "HTTP_X_FORWARDED_PROTOCOL",
+    "HTTP_X_FORWARDED_SSL",
+)
+SCHEME_HEADERS = {_PROTO: "https", _PROTOCOL: "ssl", _SSL: "on"}
 
 _FORWARDED_FOR = "HTTP_X_FORWARDED_FOR"
 _SCHEME_KEYS = tuple(SCHEME_HEADERS.items())
@@ -49,9 +50,9 @@ def apply_forwarded(environ: MutableMapping[str, Any], proxies: TrustedProxies) 
     forwarded_for = get(_FORWARDED_FOR)
     if (
         forwarded_for is None
-        and get("HTTP_X_FORWARDED_PROTO") is None
-        and get("HTTP_X_FORWARDED_PROTOCOL") is None
-        and get("HTTP_X_FORWARDED_SSL") is None
+        and get(_PROTO) is None
+        and get(_PROTOCOL) is None
+        and get(_SSL) is None
     ):
         return None  # the common case, every request from a trusted peer: keep it cheap
     schemes = [(get(key), secure) for key, secure in _SCHEME_KEYS]

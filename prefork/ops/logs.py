@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import logging
 import sys
+from typing import IO
 
 from prefork.engine.logfiles import capture_std_streams
+from prefork.errors import ConfigError
 
 LOG_FORMAT = "%(asctime)s [%(process)d] [%(levelname)s] %(name)s: %(message)s"
 
@@ -33,8 +35,6 @@ def configure_logging(
     """
     import logging.config
 
-    from prefork.errors import ConfigError
-
     _configure_access_log(access_logfile)
     if logconfig:
         try:
@@ -42,20 +42,9 @@ def configure_logging(
         except (ValueError, TypeError, AttributeError, ImportError) as exc:
             raise ConfigError(f"log config {logconfig}: {exc}") from None
         return
-    handler: logging.Handler
-    if logfile is None or logfile == "-":
-        handler = logging.StreamHandler()
-    else:
-        try:
-            handler = logging.FileHandler(logfile)
-        except OSError as exc:
-            raise ConfigError(f"cannot open log file {logfile}: {exc.strerror}") from None
-    handler.setFormatter(logging.Formatter(LOG_FORMAT))
     root = logging.getLogger()
-    for old in list(root.handlers):  # only once the new one could be opened
-        root.removeHandler(old)
-        old.close()
-    root.addHandler(handler)
+    handler = _open_handler(logfile, sys.stderr, "log file")
+    _replace_handlers(root, handler, LOG_FORMAT)
     root.setLevel(level.upper())
     if capture_output and isinstance(handler, logging.FileHandler) and handler.stream:
         capture_std_streams(handler)
@@ -63,32 +52,39 @@ def configure_logging(
 
 def _configure_access_log(path: str | None) -> None:
     """Give ``prefork.access`` its own handler for ``path``, or none (the log is off)."""
-    from prefork.errors import ConfigError
     from prefork.http.access_log import LOGGER_NAME
 
     access = logging.getLogger(LOGGER_NAME)
-    handler: logging.Handler | None = None
-    if path == "-":
-        handler = logging.StreamHandler(sys.stdout)
-    elif path:
-        try:
-            handler = logging.FileHandler(path)
-        except OSError as exc:
-            raise ConfigError(f"cannot open access log {path}: {exc.strerror}") from None
-    for old in list(access.handlers):  # only once the new one could be opened
-        access.removeHandler(old)
-        old.close()
+    handler = _open_handler(path, sys.stdout, "access log") if path else None
+    _replace_handlers(access, handler, "%(message)s")
     if handler is not None:
-        handler.setFormatter(logging.Formatter("%(message)s"))
-        access.addHandler(handler)
         access.setLevel(logging.INFO)
         access.propagate = False
+
+
+def _open_handler(path: str | None, stream: IO[str], what: str) -> logging.Handler:
+    """A handler writing to ``path``, or to ``stream`` for ``None`` and ``"-"``."""
+    if path is None or path == "-":
+        return logging.StreamHandler(stream)
+    try:
+        return logging.FileHandler(path)
+    except OSError as exc:
+        raise ConfigError(f"cannot open {what} {path}: {exc.strerror}") from None
+
+
+def _replace_handlers(logger: logging.Logger, handler: logging.Handler | None, fmt: str) -> None:
+    """Close ``logger``'s handlers and give it ``handler`` instead (once it could be opened)."""
+    for old in list(logger.handlers):
+        logger.removeHandler(old)
+        old.close()
+    if handler is not None:
+        handler.setFormatter(logging.Formatter(fmt))
+        logger.addHandler(handler)
 
 
 def _read_dict_config(path: str) -> dict[str, object]:
     import json
 
-    from prefork.errors import ConfigError
     from prefork.ops.config import tomllib
 
     try:

@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from prefork.engine.trusted import LOCAL_PROXIES, TrustedProxies
 from prefork.errors import ConfigError
 from prefork.ops.hooks import HOOKS, hook_converter
 
@@ -90,8 +91,6 @@ def _optional_text(value: Any) -> str | None:
 
 def _trusted_addresses(value: Any) -> str:
     """comma-separated addresses, networks or *"""
-    from prefork.http.forwarded import TrustedProxies
-
     text = ",".join(value) if isinstance(value, list) else _text(value)
     TrustedProxies(text)  # raises ConfigError naming the bad entry
     return text
@@ -271,7 +270,7 @@ SETTINGS: tuple[Setting, ...] = (
             "Most bytes in an HTTP request header line (0: unlimited); longer gets 431.",
             "worker processes", "INT"),
     Setting("forwarded_allow_ips", ("--forwarded-allow-ips",), _trusted_addresses,
-            "127.0.0.1,::1",
+            LOCAL_PROXIES,
             "Proxies whose X-Forwarded-For and X-Forwarded-Proto are believed (WSGI): "
             "addresses and networks, comma-separated, or '*'. Unix socket peers always are.",
             "worker processes", "ADDRESSES"),
@@ -279,7 +278,7 @@ SETTINGS: tuple[Setting, ...] = (
             "Connections from --proxy-allow-from peers start with a PROXY protocol header "
             "(v1 or v2: HAProxy, AWS NLB); the client address comes from it.",
             "worker processes", flag_only=True),
-    Setting("proxy_allow_ips", ("--proxy-allow-from",), _trusted_addresses, "127.0.0.1,::1",
+    Setting("proxy_allow_ips", ("--proxy-allow-from",), _trusted_addresses, LOCAL_PROXIES,
             "Peers that must send a PROXY header with --proxy-protocol: addresses and "
             "networks, comma-separated, or '*'.", "worker processes", "ADDRESSES"),
     Setting("max_requests", ("--max-requests",), _integer(0), 0,

@@ -39,6 +39,7 @@ class Upgrade:
     def __init__(self) -> None:
         #: The new master's pid, while it runs beside this one.
         self.new_master_pid: int | None = None
+        self._pidfile: Pidfile | None = None  # renamed to .oldbin while it runs
 
     def start(
         self,
