@@ -40,8 +40,6 @@ from typing import Any
 #: The largest request head (request line and headers) gathered, in bytes.
 MAX_HEAD = 65536
 
-_HEAD_ENDS = (b"\r\n\r\n", b"\n\n")
-
 
 class Outcome(enum.Enum):
     """What to do with a connection after serving a request on it."""
@@ -90,6 +88,15 @@ def send_all(sock: socket.socket, data: Any) -> None:
     if type(sock) is not socket.socket:
         sock.sendall(data)
         return
+    if type(data) is bytes:  # the usual case: no view needed unless the write is short
+        try:
+            sent = os.write(sock.fileno(), data)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        if sent < len(data):
+            with memoryview(data) as rest:
+                sock.sendall(rest[sent:])
+        return
     with memoryview(data) as view, view.cast("B") as octets:
         try:
             sent = os.write(sock.fileno(), octets)
@@ -130,10 +137,15 @@ def _plain_writers() -> tuple[type, ...]:
 
 def head_complete(data: bytes | bytearray) -> bool:
     """Whether ``data`` starts with a whole request head (or an HTTP/0.9 request line)."""
-    if any(end in data for end in _HEAD_ENDS):
+    if b"\r\n\r\n" in data or b"\n\n" in data:
         return True
-    line, newline, _ = bytes(data[:MAX_HEAD]).partition(b"\n")
-    return bool(newline) and b" HTTP/" not in line and len(line.split()) == 2
+    if not data:
+        return False
+    newline = data.find(b"\n", 0, MAX_HEAD)
+    if newline < 0:
+        return False
+    line = bytes(data[:newline])
+    return b" HTTP/" not in line and len(line.split()) == 2
 
 
 class _GatheredThenSocket(io.RawIOBase):

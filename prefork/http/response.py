@@ -93,15 +93,60 @@ _CHUNKED = 2  # Transfer-Encoding: chunked
 _CLOSE = 3  # delimited by closing the connection
 
 
-def _check_headers(
-    headers: list[tuple[str, str]],
-) -> tuple[str, int | None, bool, bool, bool]:
-    """Check the application's response headers.
+_CheckedHeaders = tuple[str, int | None, bool, bool, bool]
+
+# The headers of a response, as a tuple -> what _check_headers made of them. Most
+# applications send the same few header lists again and again.
+_CHECKED_HEADERS: dict[tuple[Any, ...], _CheckedHeaders] = {}
+_MAX_CHECKED = 256
+
+
+# status line text -> its code, once checked
+_STATUS_CODES: dict[str, int] = {}
+
+
+def _status_code(status: Any) -> int:
+    """The code of a ``start_response`` status, checked; ``TypeError``/``ValueError`` if bad."""
+    if type(status) is not str:
+        raise TypeError(f"status must be a str, not {type(status).__name__}")
+    code = status[:3]
+    if (
+        len(status) < 4
+        or status[3] != " "
+        or not (code.isascii() and code.isdigit())
+        or "\n" in status
+        or "\r" in status
+    ):
+        raise ValueError(f"invalid status {status!r}")
+    if len(_STATUS_CODES) < _MAX_CACHED:
+        _STATUS_CODES[status] = int(code)
+    return int(code)
+
+
+def _check_headers(headers: list[tuple[str, str]]) -> _CheckedHeaders:
+    """Check the application's response headers (a list already checked is looked up).
 
     Returns the header block to send, the Content-Length the application set,
     whether it set Date, Server, and whether it asked for ``Connection: close``
     (hop-by-hop headers are dropped from the block).
     """
+    try:
+        key = tuple(headers)
+        checked = _CHECKED_HEADERS.get(key)
+    except TypeError:  # an unhashable item: no header; the check below says why
+        key, checked = None, None
+    if checked is not None:  # equal to a list that passed (str and tuple subclasses included)
+        return checked
+    checked = _check_header_items(headers)
+    if key is not None:
+        if len(_CHECKED_HEADERS) >= _MAX_CHECKED:
+            _CHECKED_HEADERS.clear()  # per-response values (cookies, ETags): start again
+        _CHECKED_HEADERS[key] = checked
+    return checked
+
+
+def _check_header_items(headers: list[tuple[str, str]]) -> _CheckedHeaders:
+    """:func:`_check_headers` without the cache."""
     block = []
     content_length = None
     has_date = has_server = app_close = False
@@ -264,22 +309,14 @@ class ResponseWriter:
                 exc_info = None
         elif self.status is not None:
             raise AssertionError("start_response() called a second time without exc_info")
-        if type(status) is not str:
-            raise TypeError(f"status must be a str, not {type(status).__name__}")
-        code = status[:3]
-        if (
-            len(status) < 4
-            or status[3] != " "
-            or not (code.isascii() and code.isdigit())
-            or "\n" in status
-            or "\r" in status
-        ):
-            raise ValueError(f"invalid status {status!r}")
+        code = _STATUS_CODES.get(status) if type(status) is str else None
+        if code is None:
+            code = _status_code(status)
         if type(headers) is not list:
             raise TypeError(f"headers must be a list, not {type(headers).__name__}")
         block, content_length, has_date, has_server, app_close = _check_headers(headers)
         self.status = status
-        self.code = int(code)
+        self.code = code
         self.headers = headers
         self.header_block = block
         self.content_length = content_length
