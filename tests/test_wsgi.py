@@ -590,6 +590,33 @@ def test_start_response_checks_its_arguments(status, headers, error):
     assert [type(e) for e in server.errors] == [error]
 
 
+def test_start_response_checks_survive_the_cache_of_checked_headers():
+    """A status and headers that passed are looked up next time; what differs is checked."""
+    responses = iter(
+        [
+            ("200 OK", [("A", "b")], None),
+            ("200 OK", [("A", "b")], None),
+            ("200 OK", [["A", "b"]], TypeError),  # equal text, but a list: no header
+            ("200 OK", [("A", "b\r\nInjected: yes")], ValueError),
+            ("200", [("A", "b")], ValueError),
+            ("200", [("A", "b")], ValueError),  # a bad status is not remembered as good
+            ("200 OK", [("A", "b")], None),
+        ]
+    )
+    expected = []
+
+    def app(environ: Any, start_response: Any) -> list[bytes]:
+        status, headers, error = next(responses)
+        expected.append(error)
+        start_response(status, headers)
+        return [b"x"]
+
+    with running(app) as server:
+        statuses = [get(server, "/")[0].status for _ in range(7)]
+    assert statuses == [200 if e is None else 500 for e in expected]
+    assert [type(e) for e in server.errors] == [e for e in expected if e is not None]
+
+
 def test_str_body_is_an_error():
     with running(apps.responder("200 OK", apps.TEXT, ["text"])) as server:  # type: ignore[list-item]
         response, _ = get(server, "/")
