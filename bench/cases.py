@@ -210,6 +210,18 @@ def _cases() -> list[Case]:
              baseline="stdlib-threading-http"),
         Case("granian", "http", "granian --interface wsgi --workers 2", "http", _granian,
              workers=2, needs=("module:granian",), baseline="stdlib-threading-http"),
+        # uWSGI's threads each hold one keep-alive connection until it closes: at 50 it
+        # serves 8 and leaves the rest waiting. At 8 both serve every connection.
+        Case("uwsgi-c8", "wsgi-peers", "uWSGI 2x4, 8 connections (one per thread)", "http",
+             _uwsgi, connections=8, workers=2, needs=("module:pyuwsgi", "exe:uwsgi")),
+        Case("prefork-wsgi-c8", "wsgi-peers", "prefork --wsgi 2x4, 8 connections", "http",
+             _prefork("--wsgi", "-w", "2", "-b", "127.0.0.1:0", WSGI_APP), PREFORK_PORT,
+             connections=8, workers=2, baseline="uwsgi-c8"),
+        Case("uwsgi-c1000", "wsgi-peers", "uWSGI 2x4, 1000 connections", "http", _uwsgi,
+             connections=1000, workers=2, needs=("module:pyuwsgi", "exe:uwsgi")),
+        Case("prefork-wsgi-c1000", "wsgi-peers", "prefork --wsgi 2x4, 1000 connections",
+             "http", _prefork("--wsgi", "-w", "2", "-b", "127.0.0.1:0", WSGI_APP),
+             PREFORK_PORT, connections=1000, workers=2, baseline="uwsgi-c1000"),
         # -- HTTP, one connection per request ----------------------------------------------
         Case("stdlib-threading-http-close", "close", "stdlib ThreadingHTTPServer",
              "http-close", _stdlib("stdlib-threading-http"), STDLIB_PORT),
@@ -274,6 +286,7 @@ GROUPS: dict[str, str] = {
     "close": "HTTP, one connection per request, 50 concurrent",
     "tcp": "TCP echo, 64-byte round trips, 16 persistent connections",
     "udp": "UDP echo, 64-byte datagrams, 16 sockets with one datagram in flight each",
+    "wsgi-peers": "WSGI hello: prefork --wsgi 2x4 vs uWSGI 2x4, 8 and 1000 connections",
     "scale": "Keep-alive connections: prefork 2x4 vs gunicorn gthread 2x4",
     "grid": "prefork workers x threads (hello handler, 50 keep-alive connections)",
 }
