@@ -117,6 +117,11 @@ class ThreadPool:
         with self._lock:
             return min(self._started.values(), default=0.0)
 
+    def restart_clock(self) -> None:
+        """Count the calling pool thread's job as started now (it began another request)."""
+        with self._lock:
+            self._started[threading.get_ident()] = time.monotonic()
+
     def submit(self, job: Any) -> None:
         """Queue ``job`` (a callable without arguments) for a pool thread."""
         with self._lock:

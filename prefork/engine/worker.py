@@ -6,7 +6,8 @@ of ``threads`` threads handles the requests.  The loop:
 * accepts (or receives) only while a thread is idle, so excess connections
   wait in the kernel backlog for whichever worker is free (backpressure);
 * parks idle HTTP keep-alive connections in the selector
-  (:mod:`prefork.engine.keepalive`);
+  (:mod:`prefork.engine.keepalive`), unless the thread that served one holds it for its next
+  request while the pool has slack (:mod:`prefork.engine.holding`);
 * writes its heartbeat, load and the start of its oldest request into its
   scoreboard slot every turn;
 * stops gracefully on ``SIGTERM`` (stop accepting, serve what is already in
@@ -40,7 +41,14 @@ from typing import Any
 
 from prefork.core.threads import ThreadPool
 from prefork.core.wakeup import Waker
-from prefork.engine.keepalive import Gathered, HTTPConnection, Outcome, drives_http_connections
+from prefork.engine.holding import HOLD_TIME, Held, Holders
+from prefork.engine.keepalive import (
+    Gathered,
+    HTTPConnection,
+    Outcome,
+    drives_http_connections,
+    head_complete,
+)
 from prefork.engine.listeners import listen_backlog
 from prefork.engine.logfiles import dump_stream, reopen_log_files
 from prefork.engine.parking import ParkedConnections
@@ -131,6 +139,10 @@ class Worker:
         self.pool: ThreadPool | None = None
         self.selector = selectors.DefaultSelector()
         self.parked = ParkedConnections(self.selector)
+        # Pool threads waiting on their connection for its next request (see holding).
+        self.holders = Holders()
+        self.hold_time = min(HOLD_TIME, self.keepalive_timeout) if self.holders.enabled else 0.0
+        self.hold_allowed = False
         #: Connections whose PROXY protocol header is still arriving.
         self.awaiting_proxy = AwaitingHeaders(
             self.selector, self._dispatch_connection, f"worker {process.index}"
@@ -243,6 +255,7 @@ class Worker:
             if self.stop is Stop.FAST:
                 return self._exit_code()
             self._park_returned_connections()
+            self._update_hold_allowed()
             now = time.monotonic()
             self._take_overflow(now)
             self.parked.expire(now)
@@ -282,7 +295,7 @@ class Worker:
             timeout = min(timeout, paused_for)  # wake to listen again when the pause ends
         if self.stop is Stop.GRACEFUL:
             timeout = min(timeout, max(0.0, self.stop_deadline - time.monotonic()))
-        elif self.pool is not None and self.pool.idle == 0 and any(self.parks_http.values()):
+        elif self.pool is not None and self._free_threads() <= 0 and any(self.parks_http.values()):
             timeout = min(timeout, max(0.0, self.next_overflow_check - time.monotonic()))
         return timeout
 
@@ -326,6 +339,8 @@ class Worker:
         self.stop_deadline = time.monotonic() + self.graceful_timeout
         self.slot.set_state(WorkerState.DRAINING)
         self._set_listening(False)
+        self.hold_allowed = False
+        self.holders.release_all()
         for server in self.servers:
             if drain_backlog and server.socket.type == socket.SOCK_STREAM:
                 self._accept(server, drain_backlog=True)
@@ -362,7 +377,7 @@ class Worker:
     def _update_listening(self) -> None:
         """Listen while a thread is idle (backpressure)."""
         assert self.pool is not None
-        want = self.stop is None and self.pool.idle > 0
+        want = self.stop is None and self._free_threads() > 0
         self._set_listening(want and time.monotonic() >= self.accept_paused_until)
 
     def _take_overflow(self, now: float) -> None:
@@ -388,7 +403,7 @@ class Worker:
         order.
         """
         assert self.pool is not None
-        if self.stop is not None or self.pool.idle > 0 or now < self.next_overflow_check:
+        if self.stop is not None or self._free_threads() > 0 or now < self.next_overflow_check:
             return
         self.next_overflow_check = now + _OVERFLOW_WAIT
         if self.scoreboard is None:
@@ -449,7 +464,7 @@ class Worker:
         assert self.pool is not None
         budget = _backlog_size(server) if drain_backlog else batch
         taken = 0
-        while budget > 0 or self.pool.idle > 0:
+        while budget > 0 or self._free_threads() > 0:
             budget -= 1
             try:
                 request, client_address = server.get_request()
@@ -514,20 +529,60 @@ class Worker:
         elif (context := self.tls.get(id(server))) is not None:
             # The handshake runs on the thread, bounded by header_timeout.
             limit = self.header_timeout
-            self.pool.submit(lambda: serve_tls(server, context, request, client_address, limit))
+            self._submit(lambda: serve_tls(server, context, request, client_address, limit))
         else:
-            self.pool.submit(lambda: server.process_request_thread(request, client_address))
+            self._submit(lambda: server.process_request_thread(request, client_address))
 
     # -- parked connections -------------------------------------------------------------------
 
+    def _submit(self, job: Any) -> None:
+        """Queue ``job`` for the pool; release a holding thread if none is idle to run it."""
+        assert self.pool is not None
+        self.pool.submit(job)
+        if self.pool.idle < 0:
+            self.holders.release_one()
+
+    def _free_threads(self) -> int:
+        """Threads that can take a job now: the idle ones, and those holding a connection."""
+        assert self.pool is not None
+        return self.pool.idle + self.holders.count
+
     def _submit_connection(self, conn: HTTPConnection, *, last: bool = False) -> None:
         assert self.pool is not None
+        pool = self.pool
 
         def serve() -> None:
-            if conn.serve(last=last or self.stop is not None) is Outcome.PARK:
-                self.to_park.append(conn)
+            while conn.serve(last=last or self.stop is not None) is Outcome.PARK:
+                # Hold the connection for its next request only while the pool has slack
+                # (see _update_hold_allowed), no job is queued and no pipelined request
+                # is already here (parked, it is ready at once).
+                if not self.hold_allowed or pool.idle < 0 or head_complete(conn.pending):
+                    self.to_park.append(conn)
+                    return
+                held = self.holders.hold(conn, self.hold_time)
+                if held is Held.PARK:
+                    self.to_park.append(conn)
+                    return
+                if held is Held.DONE:
+                    return
+                pool.restart_clock()  # a new request on the same job
 
-        self.pool.submit(serve)
+        pool.submit(serve)
+        if pool.idle < 0:
+            self.holders.release_one()
+
+    def _update_hold_allowed(self) -> None:
+        """Whether a thread may hold its connection (each turn of the loop).
+
+        Not while stopping, and not while more connections wait in the selector
+        than there are free threads to take them: under that load a thread is
+        worth more to the others than to one connection's next request.
+        """
+        self.hold_allowed = (
+            self.hold_time > 0
+            and self.stop is None
+            and len(self.parked) + len(self.to_park) <= self._free_threads()
+        )
 
     def _park_returned_connections(self) -> None:
         """Park the connections pool threads handed back, waiting for their next request."""
@@ -573,7 +628,7 @@ class Worker:
     def _heartbeat(self) -> None:
         assert self.pool is not None
         self.slot.heartbeat(
-            busy=self.pool.outstanding,
+            busy=max(0, self.pool.outstanding - self.holders.count),
             requests=self.pool.completed,
             oldest_request_start=self.pool.oldest_start(),
             accepted=self.accepted,
