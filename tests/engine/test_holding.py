@@ -52,6 +52,15 @@ def _get(conn: http.client.HTTPConnection) -> int:
     return int(response.read())
 
 
+def _first_request_held(conn: http.client.HTTPConnection, before: set[int]) -> psutil.Process:
+    """Serve one request on ``conn``, then wait until the only worker's thread holds it."""
+    pid = _get(conn)
+    (worker,) = [c for c in psutil.Process().children() if c.pid not in before]
+    assert worker.pid == pid
+    wait_until(lambda: _holding(worker), timeout=10, message="the thread holds")
+    return worker
+
+
 @pytest.fixture
 def long_hold(monkeypatch):
     monkeypatch.setattr(prefork.engine.worker, "HOLD_TIME", LONG_HOLD)
@@ -59,17 +68,14 @@ def long_hold(monkeypatch):
 
 @pytest.mark.timeout(60)
 def test_a_held_connection_is_released_for_another_client(long_hold):
-    me = psutil.Process()
-    before = {child.pid for child in me.children()}
+    before = {child.pid for child in psutil.Process().children()}
     server = OneThreadServer((LOCALHOST, 0), PidHandler)
     address = server.server_address[:2]
     with serving_in_thread(server):
         first = http.client.HTTPConnection(*address, timeout=10)
         second = http.client.HTTPConnection(*address, timeout=10)
         try:
-            pid = _get(first)
-            (worker,) = [c for c in me.children() if c.pid not in before]
-            wait_until(lambda: _holding(worker), timeout=10, message="the thread holds")
+            pid = _first_request_held(first, before).pid
             started = time.monotonic()
             assert _get(second) == pid  # not after the 30 s hold: the holder let go
             assert time.monotonic() - started < LONG_HOLD / 2
@@ -82,16 +88,13 @@ def test_a_held_connection_is_released_for_another_client(long_hold):
 
 @pytest.mark.timeout(60)
 def test_a_graceful_stop_releases_the_holder(long_hold):
-    me = psutil.Process()
-    before = {child.pid for child in me.children()}
+    before = {child.pid for child in psutil.Process().children()}
     server = OneThreadServer((LOCALHOST, 0), PidHandler)
     address = server.server_address[:2]
     conn = http.client.HTTPConnection(*address, timeout=10)
     try:
         with serving_in_thread(server):
-            _get(conn)
-            (worker,) = [c for c in me.children() if c.pid not in before]
-            wait_until(lambda: _holding(worker), timeout=10, message="the thread holds")
+            worker = _first_request_held(conn, before)
             started = time.monotonic()
         # shutdown() returned: the worker left well before its graceful_timeout
         # (a held connection is parked, then closed after the idle grace of 1 s).
