@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import http.client
+import itertools
 import os
 import re
 import signal
@@ -126,7 +127,12 @@ def test_kill_9_of_a_worker_loses_at_most_its_in_flight_requests(
         )
         assert re.search(CUT_OFF, failure.error), failure
         per_kill[kill] += 1
-    assert all(failed <= most for failed, most in zip(per_kill, held, strict=True)), (
+    # Kills can follow each other within 50 ms, and a client may see a reset after the next
+    # kill began: counted by time, a failure can land one kill late, never early. So the
+    # bound holds for every prefix: what failed up to a kill <= what the victims held so far.
+    failed_so_far = list(itertools.accumulate(per_kill))
+    held_so_far = list(itertools.accumulate(held))
+    assert all(f <= h for f, h in zip(failed_so_far, held_so_far, strict=True)), (
         per_kill,
         held,
         load.report(),
