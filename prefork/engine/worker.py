@@ -559,7 +559,10 @@ class Worker:
                 if not self.hold_allowed or pool.idle < 0 or head_complete(conn.pending):
                     self.to_park.append(conn)
                     return
-                held = self.holders.hold(conn, self.hold_time)
+                try:
+                    held = self.holders.hold(conn, self.hold_time)
+                except OSError:  # polling failed: let the selector have it
+                    held = Held.PARK
                 if held is Held.PARK:
                     self.to_park.append(conn)
                     return
