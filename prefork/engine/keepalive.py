@@ -154,9 +154,15 @@ class _GatheredThenSocket(io.RawIOBase):
     def __init__(self, conn: HTTPConnection) -> None:
         self._conn = conn
         self.socket_reads = True
+        #: Bytes returned so far. As ``tell()``, it lets the ``BufferedReader`` over this
+        #: reader say how much of them the handler has used (``rfile.tell()``).
+        self.handed_out = 0
 
     def readable(self) -> bool:
         return True
+
+    def tell(self) -> int:
+        return self.handed_out
 
     def readinto(self, buffer: Any) -> int | None:
         pending = self._conn.pending
@@ -164,10 +170,13 @@ class _GatheredThenSocket(io.RawIOBase):
             count = min(len(buffer), len(pending))
             buffer[:count] = pending[:count]
             del pending[:count]
+            self.handed_out += count
             return count
         if not self.socket_reads:
             return None  # handing buffered bytes back: never touch the socket
-        return self._conn.sock.recv_into(buffer)
+        count = self._conn.sock.recv_into(buffer)
+        self.handed_out += count
+        return count
 
     def fileno(self) -> int:
         return self._conn.sock.fileno()
@@ -300,6 +309,11 @@ class HTTPConnection:
         rfile, raw = self.handler.rfile, self._raw
         if raw is None or rfile is raw:
             return
+        try:
+            if rfile.tell() == raw.handed_out:
+                return  # the handler used every byte it was given: nothing is buffered
+        except (AttributeError, OSError, ValueError):
+            pass  # not the reader set up here: look into its buffer
         raw.socket_reads = False
         try:
             buffered = rfile.peek(1)
