@@ -85,26 +85,24 @@ class Holders:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     return Held.PARK
-                events = poller.poll(remaining * 1000)
-                for fd, _ in events:
-                    if fd == self._release_fd:
-                        try:
-                            os.eventfd_read(self._release_fd)
-                        except BlockingIOError:
-                            continue  # another holder took the token
-                        return Held.PARK
-                if not any(fd != self._release_fd for fd, _ in events):
+                readable = False
+                for fd, _ in poller.poll(remaining * 1000):
+                    if fd != self._release_fd:
+                        readable = True
+                        continue
+                    try:
+                        os.eventfd_read(self._release_fd)
+                    except BlockingIOError:
+                        continue  # another holder took the token
+                    return Held.PARK
+                if not readable:
                     continue
                 state = conn.gather()
                 if state is Gathered.HEAD:
                     return Held.HEAD
-                if state is Gathered.WAITING:
-                    continue
-                if state is Gathered.TOO_LARGE:
-                    conn.reject("431 Request Header Fields Too Large")
-                else:
-                    conn.close()
-                return Held.DONE
+                if state is not Gathered.WAITING:
+                    conn.end(state)
+                    return Held.DONE
         finally:
             with self._lock:
                 self.count -= 1

@@ -227,6 +227,14 @@ class HTTPConnection:
             return Gathered.TOO_LARGE
         return Gathered.WAITING
 
+    def end(self, state: Gathered) -> None:
+        """Finish a connection whose gathering ended it: ``431`` for a head too large
+        (:attr:`Gathered.TOO_LARGE`), a plain close for a client that left."""
+        if state is Gathered.TOO_LARGE:
+            self.reject("431 Request Header Fields Too Large")
+        else:
+            self.close()
+
     def reject(self, status: str) -> None:
         """Answer ``status`` (e.g. ``"408 Request Timeout"``) without blocking, and close."""
         body = f"{status}\n".encode()

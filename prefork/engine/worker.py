@@ -570,9 +570,7 @@ class Worker:
                     return
                 pool.restart_clock()  # a new request on the same job
 
-        pool.submit(serve)
-        if pool.idle < 0:
-            self.holders.release_one()
+        self._submit(serve)
 
     def _update_hold_allowed(self) -> None:
         """Whether a thread may hold its connection (each turn of the loop).
@@ -617,10 +615,8 @@ class Worker:
             self.parked.unpark(conn)
         if state is Gathered.HEAD:
             self._submit_connection(conn)
-        elif state is Gathered.TOO_LARGE:
-            conn.reject("431 Request Header Fields Too Large")
         else:
-            conn.close()
+            conn.end(state)
 
     # -- reporting ----------------------------------------------------------------------------
 

@@ -118,9 +118,10 @@ def _status_code(status: Any) -> int:
         or "\r" in status
     ):
         raise ValueError(f"invalid status {status!r}")
+    number = int(code)
     if len(_STATUS_CODES) < _MAX_CACHED:
-        _STATUS_CODES[status] = int(code)
-    return int(code)
+        _STATUS_CODES[status] = number
+    return number
 
 
 def _check_headers(headers: list[tuple[str, str]]) -> _CheckedHeaders:
